@@ -1,0 +1,140 @@
+"""Typed config sections, one per concern. Each field carries a one-line reason in its comment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_TARGET = "smollm2-135m-instruct"
+BENCHMARKS = ("mt_bench", "gsm8k", "math500", "svamp")
+
+
+@dataclass
+class TargetConfig:
+    name: str = DEFAULT_TARGET  # built-in alias, hub id or local HF folder
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: bf16 on cuda, fp32 on cpu (bf16 is slow on most CPUs)
+
+
+@dataclass
+class DataConfig:
+    mixture: str = "math=1.0"  # ratio spec over domains (math, chat) or registry names
+    total: int = 2000  # conversations drawn in all; counts per source are recorded
+    seed: int = 0  # drives which conversations are drawn
+    max_length: int = 1024  # tokens per rendered conversation (longer ones are truncated)
+    regenerate: bool = False  # replace responses with the target's own (self-distillation)
+
+    def __post_init__(self) -> None:
+        _positive("data.total", self.total)
+        _positive("data.max_length", self.max_length)
+
+
+@dataclass
+class DrafterConfig:
+    method: Literal["eagle2", "hass"] = "eagle2"  # training recipe the head is trained with
+    draft_vocab_size: int = 0  # 0: full target vocab; N: top-N frequent tokens (cheaper head)
+    name: str = ""  # <data>-<method>, e.g. math-eagle2; derived from data + method when empty
+
+    def __post_init__(self) -> None:
+        if self.draft_vocab_size < 0:
+            raise ValueError("drafter.draft_vocab_size must be >= 0 (0 means the full vocabulary)")
+
+
+@dataclass
+class TreeConfig:
+    total_tokens: int = 60  # draft nodes verified per step (published: 60)
+    depth: int = 5  # drafter expansion rounds (published: 5)
+    top_k: int = 10  # children per expanded node and frontier width (published: 10)
+
+    def __post_init__(self) -> None:
+        for key in ("total_tokens", "depth", "top_k"):
+            _positive(f"tree.{key}", getattr(self, key))
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.0  # 0 = greedy; > 0 follows the target's distribution exactly
+    top_p: float = 1.0  # nucleus filter applied as transformers does
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 128  # per prompt/turn
+    seed: int = 0  # sampling seed for temperature > 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("sampling.temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("sampling.top_p must be in (0, 1]")
+        _positive("sampling.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 2  # passes over the feature cache
+    max_steps: int = 0  # 0: run all epochs; N: stop after N optimizer steps
+    batch_size: int = 8  # conversations per optimizer step (published: 8)
+    lr: float = 3e-4  # peak AdamW learning rate (published GPU recipe: 3e-5)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05  # share of steps with linear warmup before cosine decay
+    grad_clip: float = 0.5  # max global grad norm
+    w_feature: float = 1.0  # SmoothL1 weight on predicted features
+    w_ce: float = 0.1  # cross-entropy weight against the target's next-token distribution
+    topk: int = 10  # HASS: K of the top-K distillation loss
+    w_topk: float = 1.0  # HASS: weight of the top-K loss
+    align_steps: int = 3  # HASS: context-alignment steps J
+    seed: int = 0
+    feature_dtype: Literal["fp32", "fp16"] = "fp16"  # storage type of cached target features
+
+    def __post_init__(self) -> None:
+        _positive("training.batch_size", self.batch_size)
+        if self.lr <= 0:
+            raise ValueError("training.lr must be > 0")
+
+
+@dataclass
+class EvaluationConfig:
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))  # which to run
+    prompts_per_benchmark: int = 8  # subset size drawn by `seed` (0 = all)
+    seed: int = 0  # picks the prompt subset
+    max_new_tokens: int = 128  # per prompt/turn
+    temperatures: list[float] = field(default_factory=lambda: [0.0])  # 0 uses replay when asked
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown:
+            raise ValueError(
+                f"unknown benchmark '{unknown[0]}' in evaluation.benchmarks; "
+                f"valid: {', '.join(BENCHMARKS)}"
+            )
+
+
+@dataclass
+class ExperimentConfig:
+    """One run: what target, which data, which drafter recipe, how to decode and evaluate."""
+
+    target: TargetConfig = field(default_factory=TargetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    drafter: DrafterConfig = field(default_factory=DrafterConfig)
+    tree: TreeConfig = field(default_factory=TreeConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    output_dir: str = "runs/default"  # where drafters, caches and results of this run go
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{key} must be > 0, got {value}")
+
+
+__all__ = [
+    "BENCHMARKS",
+    "DEFAULT_TARGET",
+    "DataConfig",
+    "DrafterConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "SamplingConfig",
+    "TargetConfig",
+    "TrainingConfig",
+    "TreeConfig",
+]

@@ -1,0 +1,203 @@
+"""The EAGLE-2 draft head and its on-disk format.
+
+    input  = concat(embed(x_{t+1}), f_t)          # [B, T, 2d], embed = the target's (frozen)
+    h      = fc(input)                             # [B, T, d]
+    f^_t+1 = decoder(h)                            # one decoder layer of the target's family + norm
+    logits = lm_head(f^_t+1)                       # the target's LM head (frozen), maybe row-sliced
+
+Only `fc` and the decoder are trained and saved. The embedding and LM head stay in the target and
+are passed in at call time, so they are shared, never copied.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from taps_ray.errors import TapsError
+
+_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+CONFIG_FILE, WEIGHTS_FILE, META_FILE = "config.json", "model.safetensors", "taps.json"
+
+
+@dataclass
+class DrafterMeta:
+    """What a drafter was trained for: written to taps.json beside the weights."""
+
+    name: str = "untrained"  # <data>-<method>, e.g. math-eagle2
+    method: str = "none"  # eagle2 | hass | none (untrained)
+    target: str = ""  # target alias / id the head was trained against
+    tokenizer_fingerprint: str = ""  # sha256 of the target vocabulary
+    data: dict = field(default_factory=dict)  # mixture spec and exact counts drawn
+    draft_vocab_size: int = 0  # 0 = full vocabulary
+    extra: dict = field(default_factory=dict)  # training summary, averaging weights, ...
+
+
+def decoder_config(target_config: object) -> object:
+    """Config of a 1-layer model of the target's family (no vocab: embeddings are the target's)."""
+    family = getattr(target_config, "model_type", "")
+    if family not in _FAMILIES:
+        raise TapsError(
+            f"target model_type '{family}' is not supported by the drafter; "
+            f"supported families: {', '.join(_FAMILIES)}"
+        )
+    cfg = copy.deepcopy(target_config)
+    cfg.num_hidden_layers = 1
+    cfg.vocab_size = 1  # the decoder never embeds tokens: inputs come through `fc`
+    cfg.pad_token_id = None
+    cfg.tie_word_embeddings = False
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = ["full_attention"]
+    cfg.use_sliding_window = False
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+class EagleDrafter(nn.Module):
+    """EAGLE-2 head built from a target config; optional reduced draft vocabulary."""
+
+    def __init__(self, target_config: object, draft_vocab: torch.Tensor | None = None):
+        super().__init__()
+        from transformers import AutoModel
+
+        hidden = target_config.hidden_size
+        self.target_config = target_config
+        self.fc = nn.Linear(2 * hidden, hidden, bias=True)
+        self.decoder = AutoModel.from_config(decoder_config(target_config))
+        # [N] long: draft-vocab index -> target token id (None: full vocabulary)
+        self.register_buffer("draft_vocab", draft_vocab, persistent=draft_vocab is not None)
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return 0 if self.draft_vocab is None else int(self.draft_vocab.numel())
+
+    def forward(
+        self,
+        features: torch.Tensor,  # [B, T, d] target (or predicted) features at t
+        token_embeds: torch.Tensor,  # [B, T, d] embeddings of x_{t+1}
+        attention_mask: torch.Tensor | None = None,  # [B, 1, T, past+T] additive, or None=causal
+        position_ids: torch.Tensor | None = None,  # [B, T]
+        past_key_values: object | None = None,  # transformers Cache of this head
+    ) -> torch.Tensor:  # [B, T, d] predicted features at t+1
+        hidden = self.fc(torch.cat([token_embeds, features], dim=-1))
+        out = self.decoder(
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
+        return out.last_hidden_state
+
+    def head_weight(self, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """[V', d] rows of the target LM head this drafter scores (all, or the draft vocab)."""
+        if self.draft_vocab is None:
+            return lm_head_weight
+        return lm_head_weight.index_select(0, self.draft_vocab.to(lm_head_weight.device))
+
+    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Map draft-vocab indices to target token ids."""
+        return draft_ids if self.draft_vocab is None else self.draft_vocab[draft_ids]
+
+
+def tokenizer_fingerprint(tokenizer: object) -> str:
+    """Stable hash of a tokenizer's vocabulary: drafters refuse targets with another one."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def untrained_drafter(target: object, seed: int = 0, draft_vocab_size: int = 0) -> EagleDrafter:
+    """A randomly initialised head: a valid drafter for tests and the lossless check."""
+    torch.manual_seed(seed)
+    vocab = None
+    if draft_vocab_size:
+        vocab = torch.arange(min(draft_vocab_size, target.model.config.vocab_size))
+    drafter = EagleDrafter(target.model.config, vocab).to(target.device, target.dtype)
+    tokenizer = getattr(target, "tokenizer", None)
+    drafter.meta = DrafterMeta(
+        target=target.name,
+        draft_vocab_size=draft_vocab_size,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
+    )
+    return drafter.eval().requires_grad_(False)
+
+
+def save_drafter(drafter: EagleDrafter, path: str | Path, meta: DrafterMeta) -> Path:
+    """Write config.json + model.safetensors + taps.json atomically (temp folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE))
+    (tmp / CONFIG_FILE).write_text(drafter.target_config.to_json_string())
+    (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
+    if path.exists():
+        _replace_dir(tmp, path)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def load_drafter(path: str | Path, target: object) -> EagleDrafter:
+    """Load a saved drafter for `target`; a mismatched or damaged checkpoint is a user error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    path = Path(path)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, META_FILE):
+        if not (path / name).is_file():
+            raise TapsError(
+                f"drafter folder '{path}' has no {name}; pass a folder written by taps-ray train"
+            )
+    meta = DrafterMeta(**json.loads((path / META_FILE).read_text()))
+    config = AutoConfig.from_pretrained(path)
+    check_compatible(config, meta, target, path)
+    try:
+        state = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as err:
+        raise TapsError(
+            f"drafter weights '{path / WEIGHTS_FILE}' are corrupted ({err}); retrain it"
+        ) from None
+    drafter = EagleDrafter(target.model.config, state.get("draft_vocab"))
+    missing, unexpected = drafter.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise TapsError(
+            f"drafter weights in '{path}' do not match the head ({(missing or unexpected)[0]})"
+        )
+    drafter.meta = meta
+    return drafter.to(target.device, target.dtype).eval().requires_grad_(False)
+
+
+def check_compatible(config: object, meta: DrafterMeta, target: object, path: Path) -> None:
+    tcfg = target.model.config
+    for key in ("hidden_size", "vocab_size", "model_type"):
+        if getattr(config, key, None) != getattr(tcfg, key, None):
+            raise TapsError(
+                f"drafter '{path}' was built for {key}={getattr(config, key, None)} but target "
+                f"'{target.name}' has {getattr(tcfg, key, None)}; train a drafter for this target"
+            )
+    fingerprint = tokenizer_fingerprint(target.tokenizer)
+    if meta.tokenizer_fingerprint and meta.tokenizer_fingerprint != fingerprint:
+        raise TapsError(
+            f"drafter '{path}' was trained with another tokenizer than target '{target.name}'; "
+            "train a drafter for this target"
+        )
+
+
+def _replace_dir(new: Path, old: Path) -> None:
+    import shutil
+
+    trash = old.with_name(old.name + ".old")
+    shutil.rmtree(trash, ignore_errors=True)
+    old.rename(trash)
+    new.rename(old)
+    shutil.rmtree(trash, ignore_errors=True)

