@@ -1,0 +1,109 @@
+"""`taps-ray generate`: speculative decoding of one prompt, optionally checked for losslessness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from taps_ray.config.schema import DEFAULT_TARGET, TreeConfig
+from taps_ray.errors import TapsError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="speculative decoding of one prompt")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="alias, hub id or local HF folder")
+    p.add_argument("--drafter", default="untrained", help="drafter folder, or 'untrained'")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tree", default="60/5/10", help="total_tokens/depth/top_k (published: 60/5/10)"
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--check-lossless",
+        action="store_true",
+        help="also decode plainly (greedy) and report whether outputs are identical",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def parse_tree(text: str) -> TreeConfig:
+    parts = text.split("/")
+    if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise TapsError(f"--tree '{text}' must be total_tokens/depth/top_k, e.g. 60/5/10")
+    return TreeConfig(*map(int, parts))
+
+
+def run(args: argparse.Namespace) -> int:
+    from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
+    from taps_ray.decoding.sampling import SamplingParams
+    from taps_ray.models.target import load_target
+
+    if args.max_new_tokens <= 0:
+        raise TapsError("--max-new-tokens must be > 0")
+    if args.check_lossless and args.temperature != 0:
+        raise TapsError("--check-lossless compares greedy outputs; use it with --temperature 0")
+    try:
+        sampling = SamplingParams(args.temperature, args.top_p, args.top_k)
+    except ValueError as err:
+        raise TapsError(str(err)) from None
+    tree = parse_tree(args.tree)
+    target = load_target(args.target, device=args.device)
+    engine = SpeculativeEngine(target, [_drafter(args.drafter, target)], tree)
+    prompt_ids = encode_prompt(target.tokenizer, args.prompt, args.chat)
+    result = engine.generate(prompt_ids, sampling, args.max_new_tokens, seed=args.seed)
+    report = _report(target, result)
+    if args.check_lossless:
+        plain = generate_plain(target, prompt_ids, sampling, args.max_new_tokens)
+        report["lossless"] = plain.tokens == result.tokens
+        report["plain_tokens_per_s"] = round(plain.tokens_per_s, 2)
+    _print(report, args.json)
+    return 1 if report.get("lossless") is False else 0
+
+
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    if chat:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return tokenizer(text)["input_ids"]
+
+
+def _drafter(spec: str, target):
+    from taps_ray.models.drafter import load_drafter, untrained_drafter
+
+    return untrained_drafter(target) if spec == "untrained" else load_drafter(spec, target)
+
+
+def _report(target, result) -> dict:
+    split = result.time_split()
+    return {
+        "text": target.tokenizer.decode(result.tokens, skip_special_tokens=True),
+        "new_tokens": result.new_tokens,
+        "steps": len(result.steps),
+        "tau": round(result.tau, 4),
+        "tokens_per_s": round(result.tokens_per_s, 2),
+        "finish_reason": result.finish_reason,
+        "time_s": {
+            "prefill": round(result.prefill_s, 4),
+            **{k: round(v, 4) for k, v in split.items()},
+        },
+    }
+
+
+def _print(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    print(report["text"])
+    print("---")
+    for key, value in report.items():
+        if key != "text":
+            print(f"{key}: {value}")

@@ -1,0 +1,249 @@
+"""Speculative decoding loop: draft -> verify -> commit, plus the plain autoregressive baseline.
+
+Glossary: a *step* is one target verification forward after prefill. It commits the *accepted*
+draft tokens (a path of the tree the target agrees with) and one *bonus* token the target emits
+after them. tau = sum over steps of (accepted + 1) / steps; the prefill token is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding.proposer import DrafterSession
+from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
+from taps_ray.decoding.strategies import Proposal, make_strategy
+from taps_ray.decoding.target_runner import TargetRunner
+from taps_ray.decoding.tree import (
+    DraftTree,
+    children_lists,
+    tree_attention_mask,
+    tree_position_offsets,
+)
+from taps_ray.decoding.verify import VerifyResult, clip_at_stop, verify_greedy, verify_stochastic
+
+
+@dataclass
+class StepStats:
+    verify_tokens: int  # tree nodes + root fed to the target
+    accepted: int  # draft tokens accepted (bonus excluded)
+    committed: int  # tokens actually emitted (after stop/length clipping)
+    draft_s: float
+    verify_s: float
+    commit_s: float
+    route: int | None = None  # drafter whose tree was verified
+    accepted_confidence: list[float] = field(default_factory=list)  # exp(cum log-prob)
+    accepted_entropy: list[float] = field(default_factory=list)
+    rejected_confidence: list[float] = field(default_factory=list)  # examined, not accepted
+    rejected_entropy: list[float] = field(default_factory=list)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens only (prompt excluded)
+    steps: list[StepStats]
+    prefill_s: float
+    wall_s: float
+    finish_reason: str  # "stop" (EOS/stop token) or "length"
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def tau(self) -> float:
+        """Tokens committed per step (accepted + bonus; the last step clipped to the budget).
+
+        The prefill token is not counted and the denominator is the number of steps.
+        """
+        return sum(s.committed for s in self.steps) / len(self.steps) if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def accepted_by_depth(self, max_depth: int) -> list[float]:
+        """Fraction of steps whose accepted length reaches depth d, for d = 1..max_depth."""
+        n = max(len(self.steps), 1)
+        return [sum(s.accepted >= d for s in self.steps) / n for d in range(1, max_depth + 1)]
+
+    def time_split(self) -> dict[str, float]:
+        return {
+            k: sum(getattr(s, f"{k}_s") for s in self.steps) for k in ("draft", "verify", "commit")
+        }
+
+
+class SpeculativeEngine:
+    """Lossless tree speculative decoding of one sequence with one or more drafters."""
+
+    def __init__(
+        self,
+        target,
+        drafters: list,
+        tree: TreeConfig,
+        strategy: str = "single",
+        **strategy_options: object,
+    ):
+        self.target = target
+        self.runner = TargetRunner(target.model)
+        head = self.runner.lm_head.weight
+        self.sessions = [DrafterSession(d, self.runner.embed, head) for d in drafters]
+        self.tree = tree
+        self.strategy = make_strategy(strategy, len(drafters), **strategy_options)
+
+    def generate(
+        self,
+        prompt_ids,
+        sampling: SamplingParams,
+        max_new_tokens: int,
+        stop_token_ids: set[int] | None = None,
+        seed: int = 0,
+    ) -> GenerationResult:
+        stops = default_stop_ids(self.target) if stop_token_ids is None else set(stop_token_ids)
+        gen = _generator(seed, self.runner.device)
+        start = time.perf_counter()
+        prompt = _as_ids(prompt_ids, self.runner.device)
+        root, feats = self._prefill(prompt, sampling, gen)
+        prefill_s = time.perf_counter() - start
+        tokens, finished = clip_at_stop([root], stops, max_new_tokens)
+        steps: list[StepStats] = []
+        self.strategy.start()
+        while not finished:
+            stat, committed = self._step(
+                tokens[-1], sampling, gen, stops, max_new_tokens - len(tokens)
+            )
+            steps.append(stat)
+            tokens += committed[0]
+            finished = committed[1]
+        reason = "stop" if tokens and tokens[-1] in stops else "length"
+        return GenerationResult(tokens, steps, prefill_s, time.perf_counter() - start, reason)
+
+    def _prefill(self, prompt, sampling, gen):
+        feats = self.runner.prefill(prompt)  # [L, d]
+        root = _pick(self.runner.logits(feats[-1:]), sampling, gen)
+        nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
+        for s in self.sessions:
+            s.reset()
+            s.extend(feats, nxt)  # pairs (f_t, x_{t+1}) for t = 0..L-1
+        return root, feats
+
+    def _step(self, root: int, sampling, gen, stops, budget):
+        t0 = time.perf_counter()
+        proposal = self.strategy.propose(self.sessions, self.tree)
+        tree = proposal.tree
+        t1 = time.perf_counter()
+        past = self.runner.length
+        verify_ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])
+        feats = self.runner.verify(
+            verify_ids, tree_position_offsets(tree), tree_attention_mask(tree)
+        )
+        result = _verify(tree, self.runner.logits(feats), sampling, gen)
+        t2 = time.perf_counter()
+        self.strategy.observe(proposal, len(result.accepted_nodes))
+        committed, finished = clip_at_stop(
+            result.accepted_tokens(tree) + [result.bonus_token], stops, budget
+        )
+        if not finished:
+            self._commit(past, feats, result, committed, proposal)
+        t3 = time.perf_counter()
+        stat = _step_stats(tree, result, proposal, len(committed), (t1 - t0, t2 - t1, t3 - t2))
+        return stat, (committed, finished)
+
+    def _commit(self, past: int, feats, result: VerifyResult, committed: list[int], proposal):
+        keep = torch.tensor([0] + [n + 1 for n in result.accepted_nodes])  # verify offsets kept
+        self.runner.commit(past, keep)
+        kept_feats = feats[keep.to(feats.device)]  # [m+1, d]: root + accepted positions
+        nxt = torch.tensor(committed, device=feats.device)  # accepted + bonus = x_{t+1}
+        for s in self.sessions:
+            s.extend(kept_feats, nxt)
+
+
+def generate_plain(
+    target,
+    prompt_ids,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    stop_token_ids: set[int] | None = None,
+    seed: int = 0,
+) -> GenerationResult:
+    """Autoregressive baseline on the same cache code: one target forward per token."""
+    stops = default_stop_ids(target) if stop_token_ids is None else set(stop_token_ids)
+    runner = TargetRunner(target.model)
+    gen = _generator(seed, runner.device)
+    start = time.perf_counter()
+    feats = runner.prefill(_as_ids(prompt_ids, runner.device))
+    tokens = [_pick(runner.logits(feats[-1:]), sampling, gen)]
+    prefill_s = time.perf_counter() - start
+    while not (tokens[-1] in stops or len(tokens) >= max_new_tokens):
+        tokens.append(_pick(runner.logits(runner.step(tokens[-1])), sampling, gen))
+    reason = "stop" if tokens[-1] in stops else "length"
+    return GenerationResult(tokens, [], prefill_s, time.perf_counter() - start, reason)
+
+
+def default_stop_ids(target) -> set[int]:
+    """EOS ids of the tokenizer and the generation config (which may list several)."""
+    ids = set()
+    for value in (
+        getattr(target.tokenizer, "eos_token_id", None),
+        getattr(target.model.generation_config, "eos_token_id", None),
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(value)
+    return ids
+
+
+def _verify(tree: DraftTree, logits, sampling: SamplingParams, gen) -> VerifyResult:
+    if sampling.greedy:
+        return verify_greedy(tree, logits)
+    probs = logits_to_probs(logits, sampling).cpu()  # the generator lives on the CPU
+    return verify_stochastic(tree, probs, gen)
+
+
+def _pick(logits, sampling: SamplingParams, gen) -> int:  # logits [1, V]
+    if sampling.greedy:
+        return int(logits[0].argmax())
+    return sample_token(logits_to_probs(logits[0], sampling).cpu(), gen)
+
+
+def _step_stats(tree, result, proposal: Proposal, committed: int, times) -> StepStats:
+    accepted = result.accepted_nodes
+    examined = _examined(tree, accepted)
+    rejected = [n for n in examined if n not in set(accepted)]
+    conf, ent = tree.scores.exp().tolist(), tree.entropies.tolist()
+    return StepStats(
+        verify_tokens=tree.tokens.numel() + 1,
+        accepted=len(accepted),
+        committed=committed,
+        draft_s=times[0],
+        verify_s=times[1],
+        commit_s=times[2],
+        route=proposal.route,
+        accepted_confidence=[conf[n] for n in accepted],
+        accepted_entropy=[ent[n] for n in accepted],
+        rejected_confidence=[conf[n] for n in rejected],
+        rejected_entropy=[ent[n] for n in rejected],
+    )
+
+
+def _examined(tree: DraftTree, accepted: list[int]) -> list[int]:
+    """Children of the root and of every accepted node: the tokens the verifier judged."""
+    children = children_lists(tree)
+    return [c for parent in [-1, *accepted] for c in children[parent + 1]]
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed)
+    return gen
+
+
+def _as_ids(prompt_ids, device) -> torch.Tensor:
+    ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
+    if ids.numel() == 0:
+        raise ValueError("prompt_ids must hold at least one token")
+    return ids

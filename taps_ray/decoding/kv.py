@@ -1,0 +1,58 @@
+"""KV-cache and attention-mask helpers for tree decoding through a model's public forward.
+
+Masks are additive float masks `[1, 1, q, past + q]` (0 = attend, dtype-min = blocked) because
+transformers passes 4-D masks through unchanged to both the eager and SDPA attention paths.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def additive_mask(
+    allowed: torch.Tensor,  # [q, past + q] bool, True = may attend
+    dtype: torch.dtype,
+) -> torch.Tensor:  # [1, 1, q, past + q]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def prefix_tree_mask(
+    past_len: int,
+    tree_mask: torch.Tensor,  # [q, q] bool, ancestor-or-self
+    dtype: torch.dtype,
+) -> torch.Tensor:  # [1, 1, q, past + q]
+    """Every query sees the whole committed prefix plus its own ancestors in the tree."""
+    q = tree_mask.shape[0]
+    prefix = torch.ones(q, past_len, dtype=torch.bool, device=tree_mask.device)
+    return additive_mask(torch.cat([prefix, tree_mask], dim=1), dtype)
+
+
+def causal_mask(past_len: int, q: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, q, past + q] ordinary causal mask (prefix visible)."""
+    tri = torch.ones(q, q, dtype=torch.bool, device=device).tril()
+    return prefix_tree_mask(past_len, tri, dtype)
+
+
+def compact_cache(
+    cache: object,  # transformers DynamicCache
+    past_len: int,  # entries before the verified block, kept as they are
+    keep: torch.Tensor,  # [m] long, offsets inside the verified block to keep, in order
+) -> None:
+    """Keep prefix + the accepted path's entries and drop the rest of the tree, in place."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            continue
+        idx = keep.to(layer.keys.device) + past_len
+        layer.keys = torch.cat([layer.keys[..., :past_len, :], layer.keys[..., idx, :]], dim=-2)
+        layer.values = torch.cat(
+            [layer.values[..., :past_len, :], layer.values[..., idx, :]], dim=-2
+        )
+
+
+def crop_cache(cache: object, length: int) -> None:
+    """Drop every entry past `length` (e.g. the drafter's tree-expansion entries)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)

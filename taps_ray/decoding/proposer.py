@@ -1,0 +1,132 @@
+"""A drafter's per-sequence state and its EAGLE-2 dynamic tree construction.
+
+Pair t of the drafter's input is (f_t, x_{t+1}): the target feature at t and the next token. The
+output at pair t predicts f_{t+1}, whose logits propose x_{t+2}. With a committed sequence of S
+tokens (x_{S-1} = root, not yet verified), the drafter's cache holds pairs 0..S-2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding.kv import additive_mask, causal_mask, crop_cache
+from taps_ray.decoding.tree import DraftTree, select_tree
+
+
+@dataclass
+class _Layer:
+    """One expansion round's candidates, all children of the previous frontier."""
+
+    tokens: torch.Tensor  # [m] target token ids
+    parents: torch.Tensor  # [m] candidate index of parent, -1 = root
+    scores: torch.Tensor  # [m] cumulative log-prob
+    entropies: torch.Tensor  # [m] entropy of the parent's draft distribution
+
+
+class DrafterSession:
+    """Runs one EagleDrafter over one sequence: extend with committed pairs, draft trees."""
+
+    def __init__(
+        self, drafter: torch.nn.Module, embed: torch.nn.Module, lm_head_weight: torch.Tensor
+    ):
+        self.drafter = drafter
+        self.embed = embed
+        self.head = drafter.head_weight(lm_head_weight)  # [V', d]; a view unless reduced vocab
+        self.dtype = self.head.dtype
+        self.device = self.head.device
+        self.cache = None
+        self.length = 0  # pairs in the drafter cache
+        self.last_hidden = None  # [d] output at the newest pair: the parent feature of depth 1
+
+    def reset(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.drafter.decoder.config)
+        self.length = 0
+
+    @torch.inference_mode()
+    def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """Append committed pairs: features [m, d] at t, next_tokens [m] = x_{t+1}."""
+        m = next_tokens.numel()
+        pos = torch.arange(self.length, self.length + m, device=self.device)
+        mask = causal_mask(self.length, m, self.dtype, self.device)
+        hidden = self._run(features, next_tokens, pos, mask)
+        self.length += m
+        self.last_hidden = hidden[-1]
+
+    @torch.inference_mode()
+    def draft(self, tree: TreeConfig) -> DraftTree:
+        """EAGLE-2: top-k children of the root, then `depth` rounds expanding the best k nodes."""
+        logp = self._log_probs(self.last_hidden[None])  # [1, V']
+        layer = self._children(
+            logp, torch.zeros(1, device=self.device), torch.tensor([-1]), tree.top_k
+        )
+        layers, frontier_hidden = [layer], self.last_hidden[None].expand(layer.tokens.numel(), -1)
+        offset, processed = 0, []  # processed: candidate index of each expanded cache entry
+        for depth in range(1, tree.depth + 1):
+            k = min(tree.top_k, layer.tokens.numel())
+            best = layer.scores.topk(k).indices  # frontier = the k best of the newest layer
+            frontier = offset + best
+            hidden = self._expand(
+                layers, processed, frontier, layer.tokens[best], frontier_hidden[best], depth
+            )
+            processed += frontier.tolist()
+            offset += layer.tokens.numel()
+            layer = self._children(
+                self._log_probs(hidden), layer.scores[best], frontier, tree.top_k
+            )
+            layers.append(layer)
+            frontier_hidden = hidden.repeat_interleave(tree.top_k, dim=0)
+        crop_cache(self.cache, self.length)
+        cat = [torch.cat([getattr(lay, f) for lay in layers]) for f in _Layer.__dataclass_fields__]
+        return select_tree(*cat, total_tokens=tree.total_tokens)
+
+    def _expand(self, layers, processed, frontier, tokens, parent_hidden, depth) -> torch.Tensor:
+        """Run the frontier nodes [k] as drafter pairs under tree attention; -> hidden [k, d]."""
+        parents = torch.cat([lay.parents for lay in layers]).tolist()
+        allowed = torch.zeros(
+            len(frontier),
+            self.length + len(processed) + len(frontier),
+            dtype=torch.bool,
+            device=self.device,
+        )
+        allowed[:, : self.length] = True
+        for row, node in enumerate(frontier.tolist()):
+            ancestors = _ancestors(node, parents)
+            for col, done in enumerate(processed):
+                allowed[row, self.length + col] = done in ancestors
+            allowed[row, self.length + len(processed) + row] = True
+        pos = torch.full((len(frontier),), self.length + depth - 1, device=self.device)
+        return self._run(parent_hidden, tokens, pos, additive_mask(allowed, self.dtype))
+
+    def _children(self, logp, parent_scores, parent_ids, top_k) -> _Layer:
+        """logp [k, V'] -> the top_k children of each of the k parents as one candidate layer."""
+        entropy = -(logp.exp() * logp).sum(-1)  # [k]
+        top = logp.topk(top_k, dim=-1)  # [k, top_k]
+        return _Layer(
+            tokens=self.drafter.to_target_ids(top.indices).flatten(),
+            parents=parent_ids.to(self.device).repeat_interleave(top_k),
+            scores=(parent_scores[:, None] + top.values).flatten(),
+            entropies=entropy.repeat_interleave(top_k),
+        )
+
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # [k, d] -> [k, V'] fp32
+        return torch.log_softmax((hidden @ self.head.T).float(), dim=-1)
+
+    def _run(self, features, tokens, pos, mask) -> torch.Tensor:
+        embeds = self.embed(tokens.to(self.device))
+        hidden = self.drafter(
+            features[None].to(self.dtype), embeds[None], mask, pos[None], self.cache
+        )
+        return hidden[0]
+
+
+def _ancestors(node: int, parents: list[int]) -> set[int]:
+    out = set()
+    while node >= 0:
+        out.add(node)
+        node = parents[node]
+    return out

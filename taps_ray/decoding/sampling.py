@@ -1,0 +1,79 @@
+"""Sampling helpers: pure functions from target logits to the distribution the engine samples.
+
+`logits_to_probs` reproduces `transformers`' sampling exactly: logits are cast to float32 (as
+`generate` does), then the warpers run in the order `generate` builds them
+(`_get_logits_processor`): temperature, top-k, top-p; then softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy (argmax); > 0 samples from softmax(logits / T)
+    top_p: float = 1.0  # nucleus: keep the smallest top set with mass >= top_p; 1 = off
+    top_k: int = 0  # keep only the top_k most likely tokens; 0 = off
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def logits_to_probs(
+    logits: torch.Tensor,  # [..., V]
+    params: SamplingParams,
+) -> torch.Tensor:  # [..., V] float32
+    """The distribution `transformers` samples from; greedy params give the one-hot argmax
+    (the temperature -> 0 limit), so stochastic verification reduces to greedy."""
+    scores = logits.float()
+    if params.greedy:
+        return _one_hot_argmax(scores)
+    scores = scores / params.temperature
+    if params.top_k > 0:
+        scores = _top_k_filter(scores, params.top_k)
+    if params.top_p < 1.0:
+        scores = _top_p_filter(scores, params.top_p)
+    return scores.softmax(dim=-1)
+
+
+def sample_token(
+    probs: torch.Tensor,  # [V] non-negative, need not be normalised
+    generator: torch.Generator,
+) -> int:
+    """One draw from `probs`; probs must live on the generator's device."""
+    return int(torch.multinomial(probs, num_samples=1, generator=generator))
+
+
+def _one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:  # [..., V] -> [..., V]
+    probs = torch.zeros_like(scores)
+    return probs.scatter_(-1, scores.argmax(dim=-1, keepdim=True), 1.0)
+
+
+def _top_k_filter(scores: torch.Tensor, top_k: int) -> torch.Tensor:  # [..., V] -> [..., V]
+    """TopKLogitsWarper: drop every score below the k-th largest (ties with it survive)."""
+    k = min(top_k, scores.shape[-1])
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]  # [..., 1]
+    return scores.masked_fill(scores < kth, -float("inf"))
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:  # [..., V] -> [..., V]
+    """TopPLogitsWarper: drop the least likely tokens whose cumulative mass is <= 1 - top_p,
+    always keeping the most likely one."""
+    sorted_scores, order = torch.sort(scores, descending=False)  # same sort call as HF: same ties
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - top_p)
+    drop_sorted[..., -1:] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, -float("inf"))

@@ -1,0 +1,72 @@
+"""The target side of decoding: prefill, tree verification and one-token steps over one KV cache.
+
+Features are the target's last hidden states (after the final norm), the EAGLE convention; logits
+are computed from them only where needed, through the target's own LM head.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from taps_ray.decoding.kv import causal_mask, compact_cache, prefix_tree_mask
+
+
+class TargetRunner:
+    """Holds the target's KV cache for one sequence; all calls go through the public forward."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.base = model.get_decoder()  # the transformer without the LM head
+        self.lm_head = model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+        self.cache = None
+        self.length = 0  # tokens in the KV cache
+
+    def reset(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.length = 0
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., V] fp32
+        return self.lm_head(features).float()
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [L] -> features [L, d]; the cache then holds L entries."""
+        self.reset()
+        return self._forward(input_ids, torch.arange(input_ids.numel(), device=self.device), None)
+
+    def step(self, token: int) -> torch.Tensor:
+        """One plain decoding step: feature [1, d] of `token` at the next position."""
+        ids = torch.tensor([token], device=self.device)
+        pos = torch.tensor([self.length], device=self.device)
+        return self._forward(ids, pos, causal_mask(self.length, 1, self.dtype, self.device))
+
+    def verify(
+        self,
+        tokens: torch.Tensor,  # [q] root + draft tokens
+        position_offsets: torch.Tensor,  # [q] depth of each token (root 0)
+        tree_mask: torch.Tensor,  # [q, q] bool ancestor-or-self
+    ) -> torch.Tensor:  # [q, d] features
+        pos = position_offsets.to(self.device) + self.length
+        mask = prefix_tree_mask(self.length, tree_mask.to(self.device), self.dtype)
+        return self._forward(tokens.to(self.device), pos, mask)
+
+    def commit(self, past_len: int, keep: torch.Tensor) -> None:
+        """Keep the cache prefix and the verified entries at offsets `keep` [m]."""
+        compact_cache(self.cache, past_len, keep)
+        self.length = past_len + keep.numel()
+
+    @torch.inference_mode()
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None):
+        out = self.base(
+            input_ids=ids[None],
+            position_ids=pos[None],
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.length += ids.numel()
+        return out.last_hidden_state[0]
