@@ -140,7 +140,7 @@ class SpeculativeEngine:
         feats = self.runner.verify(
             verify_ids, tree_position_offsets(tree), tree_attention_mask(tree)
         )
-        result = _verify(tree, self.runner.logits(feats), sampling, gen)
+        result = _verify(tree, self.runner, feats, sampling, gen)
         t2 = time.perf_counter()
         self.strategy.observe(proposal, len(result.accepted_nodes))
         committed, finished = clip_at_stop(
@@ -197,10 +197,29 @@ def default_stop_ids(target) -> set[int]:
     return ids
 
 
-def _verify(tree: DraftTree, logits, sampling: SamplingParams, gen) -> VerifyResult:
+class LazyRows:
+    """Row-indexable [n+1, V] view computing `fn(features[row])` on first access.
+
+    Verification reads only the rows along the walk (at most depth + 2), so the LM head is
+    applied to those instead of to every tree node.
+    """
+
+    def __init__(self, features: torch.Tensor, vocab: int, fn):  # features [n+1, d]
+        self.features, self.fn, self.rows = features, fn, {}
+        self.shape = (features.shape[0], vocab)
+
+    def __getitem__(self, row: int) -> torch.Tensor:  # [V]
+        if row not in self.rows:
+            self.rows[row] = self.fn(self.features[row : row + 1])[0]
+        return self.rows[row]
+
+
+def _verify(tree: DraftTree, runner, feats, sampling: SamplingParams, gen) -> VerifyResult:
+    vocab = runner.lm_head.weight.shape[0]
     if sampling.greedy:
-        return verify_greedy(tree, logits)
-    probs = logits_to_probs(logits, sampling).cpu()  # the generator lives on the CPU
+        return verify_greedy(tree, LazyRows(feats, vocab, runner.logits))
+    # the generator lives on the CPU
+    probs = LazyRows(feats, vocab, lambda f: logits_to_probs(runner.logits(f), sampling).cpu())
     return verify_stochastic(tree, probs, gen)
 
 

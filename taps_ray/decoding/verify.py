@@ -39,16 +39,17 @@ class VerifyResult:
 def verify_greedy(
     tree: DraftTree,
     target_logits: torch.Tensor,  # [n+1, V] row 0: after the root, row k+1: after node k
-) -> VerifyResult:
+) -> VerifyResult:  # target_logits may be any row-indexable [n+1, V], e.g. LazyRows
     """Walk down from the root while some child's token equals the target argmax."""
     _check_rows(tree, target_logits)
-    argmax = target_logits.argmax(dim=-1).tolist()  # [n+1]
     children, tokens = children_lists(tree), tree.tokens.tolist()
     node, accepted = -1, []
-    while (child := _matching_child(children[node + 1], tokens, argmax[node + 1])) is not None:
+    best = int(target_logits[0].argmax())  # rows are read only along the walk (see LazyRows)
+    while (child := _matching_child(children[node + 1], tokens, best)) is not None:
         node = child
         accepted.append(child)
-    return VerifyResult(accepted, argmax[node + 1])
+        best = int(target_logits[node + 1].argmax())
+    return VerifyResult(accepted, best)
 
 
 def _matching_child(kids: list[int], tokens: list[int], target_token: int) -> int | None:
@@ -111,7 +112,7 @@ def _checked_row(target_probs: torch.Tensor, row: int) -> torch.Tensor:  # -> [V
 
 
 def _check_rows(tree: DraftTree, target: torch.Tensor) -> None:  # target [n+1, V]
-    if target.dim() != 2 or target.shape[0] != tree.size + 1:
+    if len(target.shape) != 2 or target.shape[0] != tree.size + 1:
         raise ValueError(
             f"target outputs must be [n+1, V] = [{tree.size + 1}, V] (root + one row per node), "
             f"got {tuple(target.shape)}"
