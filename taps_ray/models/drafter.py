@@ -158,7 +158,7 @@ def load_drafter(path: str | Path, target: object) -> EagleDrafter:
             raise TapsError(
                 f"drafter folder '{path}' has no {name}; pass a folder written by taps-ray train"
             )
-    meta = DrafterMeta(**json.loads((path / META_FILE).read_text()))
+    meta = _read_meta(path / META_FILE)
     config = AutoConfig.from_pretrained(path)
     check_compatible(config, meta, target, path)
     try:
@@ -185,12 +185,20 @@ def check_compatible(config: object, meta: DrafterMeta, target: object, path: Pa
                 f"drafter '{path}' was built for {key}={getattr(config, key, None)} but target "
                 f"'{target.name}' has {getattr(tcfg, key, None)}; train a drafter for this target"
             )
-    fingerprint = tokenizer_fingerprint(target.tokenizer)
-    if meta.tokenizer_fingerprint and meta.tokenizer_fingerprint != fingerprint:
+    if target.tokenizer is None or not meta.tokenizer_fingerprint:
+        return  # tokenizer-less test targets and untrained heads carry no fingerprint
+    if meta.tokenizer_fingerprint != tokenizer_fingerprint(target.tokenizer):
         raise TapsError(
             f"drafter '{path}' was trained with another tokenizer than target '{target.name}'; "
             "train a drafter for this target"
         )
+
+
+def _read_meta(path: Path) -> DrafterMeta:
+    try:
+        return DrafterMeta(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise TapsError(f"drafter metadata '{path}' is damaged ({err}); retrain the drafter") from None
 
 
 def _replace_dir(new: Path, old: Path) -> None:

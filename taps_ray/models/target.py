@@ -95,6 +95,7 @@ def ensure_default_target() -> Path:
     if (final / _READY).is_file():
         return final
     gguf = _find_default_gguf()
+    _remove_stale_temps(final)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -104,6 +105,24 @@ def ensure_default_target() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _remove_stale_temps(final: Path) -> None:
+    """Temp folders of conversions that were killed (their process is gone)."""
+    for tmp in final.parent.glob(f"{final.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _find_default_gguf() -> Path:

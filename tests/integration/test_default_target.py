@@ -60,3 +60,21 @@ def test_speculative_greedy_equals_hf_generate_on_benchmarks(default_target, dra
         )[0, len(prompt) :].tolist()
         spec = engine.generate(prompt, GREEDY, 64, stop_token_ids=stops)
         assert spec.tokens == hf
+
+
+def test_generate_cli_reports_lossless_json():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "taps_ray", "generate", "--chat", "--prompt", "What is 7 * 8?",
+         "--max-new-tokens", "24", "--tree", "12/3/4", "--check-lossless", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["lossless"] is True
+    assert report["new_tokens"] == 24 or report["finish_reason"] == "stop"
+    assert report["text"].strip() and report["steps"] >= 1 and report["tau"] >= 1.0
+    assert {"tokens_per_s", "time_s"} <= set(report)

@@ -1,0 +1,69 @@
+"""Target loading: the built-in alias converts atomically; bad names fail fast and clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from taps_ray.errors import TapsError
+from taps_ray.models import target as target_mod
+
+
+def test_unknown_hub_id_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(TapsError, match="hub is unreachable.*smollm2-135m-instruct"):
+        target_mod.resolve_target_folder("someone/not-a-cached-model")
+    assert time.monotonic() - start < 10
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(TapsError, match="has no config.json"):
+        target_mod.resolve_target_folder(str(tmp_path))
+
+
+def test_missing_path_is_refused(tmp_path):
+    with pytest.raises(TapsError, match="is not a folder"):
+        target_mod.resolve_target_folder(str(tmp_path / "nope"))
+
+
+def test_bad_dtype_is_refused():
+    with pytest.raises(TapsError, match="dtype 'fp8'"):
+        target_mod._parse_dtype("fp8")
+
+
+def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAPS_CACHE_DIR", str(tmp_path))
+
+    def half_written(gguf, out):
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(target_mod, "_convert_gguf", half_written)
+    with pytest.raises(RuntimeError):
+        target_mod.ensure_default_target()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_killed_conversion_never_loads_half_written(tmp_path):
+    """SIGKILL during the real conversion: no final folder; the next call converts cleanly."""
+    env = {**os.environ, "TAPS_CACHE_DIR": str(tmp_path)}
+    code = "from taps_ray.models.target import ensure_default_target; ensure_default_target()"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    models = tmp_path / "models"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(models.glob("*.tmp-*/model.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (models / target_mod.DEFAULT_TARGET).exists()
+    final = subprocess.run([sys.executable, "-c", code], env=env, timeout=300)
+    assert final.returncode == 0
+    assert sorted(p.name for p in models.iterdir()) == [target_mod.DEFAULT_TARGET]
