@@ -9,7 +9,12 @@ import sys
 from taps_ray.errors import TapsError
 
 # Subcommand modules, imported lazily so `taps-ray --help` stays fast.
-_COMMANDS = ("taps_ray.cli.config_cmd", "taps_ray.cli.data_cmd", "taps_ray.cli.generate_cmd")
+_COMMANDS = (
+    "taps_ray.cli.config_cmd",
+    "taps_ray.cli.data_cmd",
+    "taps_ray.cli.generate_cmd",
+    "taps_ray.cli.train_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

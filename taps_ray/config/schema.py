@@ -97,6 +97,8 @@ class EvaluationConfig:
     seed: int = 0  # picks the prompt subset
     max_new_tokens: int = 128  # per prompt/turn
     temperatures: list[float] = field(default_factory=lambda: [0.0])  # 0 uses replay when asked
+    drafters: list[str] = field(default_factory=list)  # folders to evaluate; empty: this run's
+    results_dir: str = ""  # where result rows go; empty: <output_dir>/results
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]

@@ -1,0 +1,86 @@
+"""Replay evaluation of drafters (and strategies over them) on benchmark prompts at T = 0."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from taps_ray.config.schema import EvaluationConfig, TreeConfig
+from taps_ray.data.mixture import benchmark_subset
+from taps_ray.decoding.proposer import DrafterSession
+from taps_ray.decoding.strategies import make_strategy
+from taps_ray.decoding.target_runner import TargetRunner
+from taps_ray.evaluation.replay import (
+    ReplayPrompt,
+    ReplayResult,
+    continuations,
+    replay,
+    teacher_features,
+)
+from taps_ray.evaluation.results import ResultRow, route_counts_json
+
+
+@dataclass
+class Candidate:
+    """One row label of the tau table: a strategy over named drafters."""
+
+    label: str  # e.g. math-eagle2, or route-confidence/step
+    strategy: str
+    drafter_names: list[str]
+    method: str = "none"
+    budget_mode: str = ""
+    options: dict | None = None
+
+
+def replay_prompts(target, evaluation: EvaluationConfig, progress: bool = True
+                   ) -> list[ReplayPrompt]:
+    """Greedy continuations of the configured benchmark subsets (cached on disk)."""
+    n = evaluation.prompts_per_benchmark or None
+    records = [r for b in evaluation.benchmarks for r in benchmark_subset(b, n, evaluation.seed)]
+    return continuations(target, records, evaluation.max_new_tokens, progress=progress)
+
+
+def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree: TreeConfig,
+                      prompts: list[ReplayPrompt], run_id: str | None = None,
+                      progress: bool = True) -> list[ResultRow]:
+    """Replay every candidate on every prompt; target features are computed once per prompt."""
+    run_id = run_id or uuid.uuid4().hex[:12]
+    runner = TargetRunner(target.model)
+    head = runner.lm_head.weight
+    sessions = {name: DrafterSession(d, runner.embed, head) for name, d in drafters.items()}
+    rows = []
+    for item in _progress(prompts, progress):
+        feats = teacher_features(runner, item)
+        for cand in candidates:
+            chosen = [sessions[n] for n in cand.drafter_names]
+            strategy = make_strategy(cand.strategy, len(chosen), **(cand.options or {}))
+            start = time.perf_counter()
+            result = replay(chosen, strategy, item, feats, tree)
+            rows.append(_row(run_id, target, cand, item, result, tree, time.perf_counter() - start))
+    return rows
+
+
+def _row(run_id, target, cand: Candidate, item: ReplayPrompt, result: ReplayResult,
+         tree: TreeConfig, wall_s: float) -> ResultRow:
+    steps = max(result.steps, 1)
+    depth = tree.depth + 1
+    by_depth = [sum(a >= d for a in result.accepted) / steps for d in range(1, depth + 1)]
+    return ResultRow(
+        run_id=run_id, target=str(target.name), drafters=list(cand.drafter_names),
+        method=cand.method, strategy=cand.label, budget_mode=cand.budget_mode,
+        benchmark=item.benchmark, prompt_id=item.prompt_id, turn=item.turn, temperature=0.0,
+        seed=0, new_tokens=len(item.continuation), steps=result.steps, tau=result.tau,
+        wall_s=wall_s, tokens_per_s=len(item.continuation) / wall_s if wall_s else 0.0,
+        verify_tokens_per_step=sum(result.verify_tokens) / steps, accepted_by_depth=by_depth,
+        route_counts=route_counts_json(result.routes, cand.drafter_names),
+        total_tokens=tree.total_tokens, depth=tree.depth, top_k=tree.top_k,
+    )
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="replay", unit="prompt")
