@@ -1,0 +1,82 @@
+"""Weight-space combination of drafters: the element-wise weighted mean of their parameters."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from taps_ray.errors import TapsError
+from taps_ray.models.drafter import DrafterMeta, EagleDrafter
+
+
+def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Uniform when None; else checked (>= 0, finite, positive sum) and scaled to sum to 1."""
+    if weights is None:
+        return [1.0 / n] * n
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise TapsError(f"got {len(weights)} averaging weights for {n} drafters; give one each")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise TapsError(f"averaging weights {weights} must be finite and >= 0; fix the weights")
+    total = sum(weights)
+    if total <= 0:
+        raise TapsError("averaging weights sum to 0; give at least one drafter a positive weight")
+    return [w / total for w in weights]
+
+
+def check_same_architecture(drafters: Sequence[EagleDrafter]) -> None:
+    """Same parameter names and shapes, and the same draft vocabulary, or a TapsError."""
+    ref = drafters[0].state_dict()
+    for k, drafter in enumerate(drafters[1:], start=1):
+        if not _same_vocab(drafters[0].draft_vocab, drafter.draft_vocab):
+            raise TapsError(
+                f"drafter {k} has another draft vocabulary than drafter 0; average only drafters "
+                "trained with the same drafter.draft_vocab_size and data"
+            )
+        state = drafter.state_dict()
+        if state.keys() != ref.keys() or any(state[n].shape != ref[n].shape for n in ref):
+            raise TapsError(
+                f"drafter {k} has another architecture than drafter 0; average only drafters "
+                "trained for the same target"
+            )
+
+
+def average_drafters(
+    drafters: Sequence[EagleDrafter], weights: Sequence[float] | None = None
+) -> EagleDrafter:
+    """A new drafter whose every parameter is sum_k w_k * theta_k (weights normalised)."""
+    if not drafters:
+        raise TapsError("averaging needs at least one drafter; pass one or more drafter folders")
+    check_same_architecture(drafters)
+    w = normalised_weights(weights, len(drafters))
+    states = [d.state_dict() for d in drafters]
+    merged = {}
+    for name, ref in states[0].items():
+        if not ref.is_floating_point():
+            merged[name] = ref.clone()  # e.g. the draft-vocab id map, equal in all
+            continue
+        parts = zip(w, states, strict=True)
+        acc = sum(wk * s[name].to(ref.device, torch.float32) for wk, s in parts)
+        merged[name] = acc.to(ref.dtype)
+    out = copy.deepcopy(drafters[0])
+    out.load_state_dict(merged)
+    out.meta = _averaged_meta(drafters, w)
+    return out
+
+
+def _averaged_meta(drafters: Sequence[EagleDrafter], weights: list[float]) -> DrafterMeta:
+    metas = [getattr(d, "meta", None) or DrafterMeta() for d in drafters]
+    methods = {m.method for m in metas}
+    method = methods.pop() if len(methods) == 1 else "mixed"
+    extra = {"averaged": [m.name for m in metas], "weights": weights}
+    return replace(metas[0], name=f"mixavg-{method}", method=method, data={}, extra=extra)
+
+
+def _same_vocab(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))

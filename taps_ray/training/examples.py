@@ -1,0 +1,68 @@
+"""Training examples: the data spec that decides the token stream, and records -> token ids.
+
+A training example is a `RenderedExample` (token ids + assistant loss mask). Tests build them
+by hand from token ids, so nothing below the rendering step needs a tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from taps_ray.data.records import Record
+from taps_ray.data.render import RenderedExample
+from taps_ray.errors import TapsError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What decides the conversations and their rendering (part of the feature-cache key)."""
+
+    mixture: str  # ratio spec, e.g. "math=0.5,chat=0.5" (or a free label for synthetic data)
+    total: int  # conversations drawn
+    seed: int  # drives which conversations are drawn
+    max_length: int  # tokens per rendered conversation (longer ones are truncated)
+    regenerate: bool = False  # responses replaced by the target's own
+
+    @classmethod
+    def from_config(cls, data: object) -> DataSpec:
+        """From a `DataConfig` (duck-typed to keep this module free of config imports)."""
+        return cls(data.mixture, data.total, data.seed, data.max_length, data.regenerate)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def render_examples(
+    tokenizer: object, records: Sequence[Record], max_length: int, progress: bool = False
+) -> tuple[list[RenderedExample], int]:
+    """Render records with the chat template; drop those with no assistant token left.
+
+    Returns (examples, skipped): `skipped` counts conversations whose loss mask is empty after
+    truncation to `max_length` (nothing to learn from them).
+    """
+    from taps_ray.data.render import render_conversation
+
+    items = records
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(records, desc="render conversations", unit="conv")
+    examples, skipped = [], 0
+    for record in items:
+        example = render_conversation(tokenizer, record.messages, max_length)
+        if example.num_masked == 0:
+            skipped += 1
+            continue
+        examples.append(example)
+    return examples, skipped
+
+
+def require_assistant_tokens(examples: Sequence[RenderedExample], spec: DataSpec) -> None:
+    """A data spec whose conversations hold no assistant token cannot train a drafter."""
+    if not any(example.num_masked for example in examples):
+        raise TapsError(
+            f"data spec (mixture '{spec.mixture}', total {spec.total}, max_length "
+            f"{spec.max_length}) yields zero assistant tokens; raise data.total or "
+            "data.max_length"
+        )

@@ -1,0 +1,107 @@
+"""One drafter from an ExperimentConfig: mixture -> rendered conversations -> target features
+(cached or online) -> draft vocabulary -> training -> `<output_dir>/drafter`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from taps_ray.errors import TapsError
+from taps_ray.models.drafter import DrafterMeta
+from taps_ray.training.examples import DataSpec, render_examples, require_assistant_tokens
+from taps_ray.training.features import FeatureCache, FeatureSource, FeatureSpec, OnlineFeatures
+from taps_ray.training.trainer import EpochHook, TrainResult, train_drafter
+from taps_ray.training.vocab import build_draft_vocab, special_token_ids
+
+_DOMAIN_OF_SOURCE = {"mathinstruct": "math", "sharegpt": "chat"}
+
+
+def prepare_features(
+    target: object, data: object, feature_dtype: str, online: bool = False, progress: bool = True
+) -> tuple[FeatureSource, dict]:
+    """The training features for `data` (a DataConfig) and the counts drawn per source.
+
+    A finished cache is opened without drawing or rendering anything.
+    """
+    spec = DataSpec.from_config(data)
+    if spec.regenerate:
+        raise TapsError("data.regenerate=true is not supported by training yet; set it to false")
+    feature_spec = FeatureSpec.for_target(target, spec, feature_dtype)
+    if not online:
+        cache = FeatureCache.find(feature_spec)
+        if cache is not None:
+            return cache, cache.manifest["extra"].get("counts", {})
+    from taps_ray.data.mixture import build_mixture
+
+    mixture = build_mixture(data.mixture, data.total, data.seed)
+    examples, skipped = render_examples(target.tokenizer, mixture.records, data.max_length,
+                                        progress)
+    require_assistant_tokens(examples, spec)
+    counts = {"drawn": dict(mixture.counts), "skipped_no_assistant": skipped,
+              "conversations": len(examples)}
+    if online:
+        return OnlineFeatures(target, examples, feature_dtype), counts
+    cache = FeatureCache.build(target, examples, feature_spec, extra={"counts": counts},
+                               progress=progress)
+    return cache, counts
+
+
+def draft_vocab_for(target: object, source: FeatureSource, size: int) -> torch.Tensor | None:
+    """None (full vocabulary) for size 0 or >= V; else the top-`size` ids of the data."""
+    vocab_size = int(target.model.config.vocab_size)
+    if size == 0 or size >= vocab_size:
+        return None
+    return build_draft_vocab(source.token_arrays(), size, vocab_size, special_token_ids(target))
+
+
+def default_drafter_name(data: object, method: str) -> str:
+    """<data>-<method>: math-eagle2, chat-hass, mix35k-hass (35k per source), mix3k-eagle2."""
+    from taps_ray.data.mixture import largest_remainder, parse_mixture
+
+    ratios = {k: v for k, v in parse_mixture(data.mixture).items() if v > 0}
+    if len(ratios) == 1:
+        return f"{_DOMAIN_OF_SOURCE.get(next(iter(ratios)), 'mix')}-{method}"
+    counts = set(largest_remainder(ratios, data.total).values())
+    size = counts.pop() if len(counts) == 1 else data.total
+    return f"mix{_compact(size)}-{method}"
+
+
+def train_from_config(
+    cfg: object,  # ExperimentConfig
+    *,
+    target: object | None = None,
+    resume: bool = False,
+    online: bool = False,
+    on_epoch_end: EpochHook | None = None,
+    out_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `cfg.drafter` on `cfg.data` against `cfg.target`; output in `out_dir` or
+    `cfg.output_dir`."""
+    from taps_ray.models.drafter import tokenizer_fingerprint
+    from taps_ray.models.target import load_target
+
+    if target is None:
+        target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
+    source, counts = prepare_features(target, cfg.data, cfg.training.feature_dtype, online,
+                                      progress)
+    vocab = draft_vocab_for(target, source, cfg.drafter.draft_vocab_size)
+    meta = DrafterMeta(
+        name=cfg.drafter.name or default_drafter_name(cfg.data, cfg.drafter.method),
+        method=cfg.drafter.method,
+        target=str(target.name),
+        tokenizer_fingerprint=tokenizer_fingerprint(target.tokenizer) if target.tokenizer else "",
+        data={**DataSpec.from_config(cfg.data).as_dict(), "counts": counts},
+    )
+    return train_drafter(
+        target, source, cfg.training, Path(out_dir or cfg.output_dir), method=cfg.drafter.method,
+        meta=meta, draft_vocab=vocab, resume=resume, on_epoch_end=on_epoch_end,
+        checkpoint_every=checkpoint_every, progress=progress,
+    )
+
+
+def _compact(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)

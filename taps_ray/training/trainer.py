@@ -1,0 +1,292 @@
+"""The drafter training loop: EAGLE-2 (teacher forced) and HASS (plus top-K distillation and
+harmonized context alignment, see alignment.py), with atomic checkpoints and exact resume.
+
+Per step: fetch B conversations -> pairs -> J drafter passes (J = 1 for EAGLE-2), each pass's
+loss backpropagated -> clip -> AdamW -> warmup + cosine LR. Data order per epoch is seeded by
+(seed, epoch), so a resumed run replays the same batches from where the checkpoint stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from taps_ray.errors import TapsError
+from taps_ray.models.drafter import DrafterMeta, EagleDrafter, save_drafter
+from taps_ray.training.alignment import aligned_passes
+from taps_ray.training.batching import PairBatch, batches_per_epoch, collate_pairs, epoch_batches
+from taps_ray.training.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from taps_ray.training.features import FeatureSource
+from taps_ray.training.losses import LossWeights, drafter_losses, target_side
+from taps_ray.training.trainlog import CURVE_FILE, LOG_FILE, TrainLog, plot_loss_curve, read_log
+
+METHODS = ("eagle2", "hass")
+EpochHook = Callable[[int, EagleDrafter], "dict | None"]
+_SUMMED = ("loss", "feature", "ce", "topk")
+PLOT_EVERY_S = 60.0  # redraw loss_curve.png at an epoch end only if the last one is older
+
+
+@dataclass
+class TrainResult:
+    drafter: EagleDrafter  # the trained head (fp32, eval mode, on the target's device)
+    path: Path | None  # <out>/drafter; None when stopped early by `stop_after`
+    state: TrainState
+    summary: dict  # also stored in the saved drafter's meta.extra["training"]
+
+
+def train_drafter(
+    target: object,
+    source: FeatureSource,
+    cfg: object,  # TrainingConfig
+    out_dir: str | Path,
+    *,
+    method: str = "eagle2",
+    meta: DrafterMeta | None = None,
+    draft_vocab: torch.Tensor | None = None,  # [V'] sorted target ids, None = full vocabulary
+    resume: bool = False,
+    on_epoch_end: EpochHook | None = None,
+    checkpoint_every: int = 0,  # optimizer steps between checkpoints (0: at epoch ends only)
+    stop_after: int = 0,  # checkpoint and return after this many steps (0: run to the end)
+    progress: bool = True,
+) -> TrainResult:
+    """Train one drafter on `source`; writes <out>/{drafter,checkpoints,train_log.jsonl,...}."""
+    trainer = DrafterTrainer(target, source, cfg, method, Path(out_dir), meta, draft_vocab)
+    return trainer.run(resume, on_epoch_end, checkpoint_every, stop_after, progress)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor for scheduler step s: linear warmup to 1, then cosine decay towards 0."""
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        progress = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+class DrafterTrainer:
+    """One training run; `run` drives epochs, steps, hooks and checkpoints."""
+
+    def __init__(self, target, source, cfg, method, out_dir: Path, meta, draft_vocab):
+        _check_settings(cfg, method, source, target)
+        self.target, self.source, self.cfg, self.method = target, source, cfg, method
+        self.out_dir, self.device = out_dir, target.device
+        self.lengths = source.lengths()
+        self.indices = [i for i, n in enumerate(self.lengths) if n >= 3]  # >= 1 loss pair
+        if not self.indices:
+            raise TapsError("every training conversation is shorter than 3 tokens; raise "
+                            "data.max_length")
+        per_epoch = batches_per_epoch(len(self.indices), cfg.batch_size)
+        self.total_steps = min(cfg.max_steps or 10**18, cfg.epochs * per_epoch)
+        with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG left untouched
+            torch.manual_seed(cfg.seed)
+            self.drafter = EagleDrafter(target.model.config, draft_vocab)
+        self.drafter.to(self.device).train()
+        self.embed = target.model.get_input_embeddings()
+        lm_head = target.model.get_output_embeddings().weight
+        self.head = self.drafter.head_weight(lm_head).detach().float()  # [V', d]
+        self.weights = LossWeights.from_config(cfg, method)
+        self.passes = cfg.align_steps if method == "hass" else 1
+        self.optimizer, self.scheduler = self._optimizer()
+        self.meta = replace(meta or DrafterMeta(target=str(target.name)), method=method,
+                            draft_vocab_size=self.drafter.draft_vocab_size)
+        self.state = TrainState()
+        self.autocast = self.device.type == "cuda"  # bf16 autocast on GPUs, fp32 on CPU
+        self._plotted = time.monotonic()  # the curve is redrawn at epoch ends at most this often
+        self._recent: deque[dict] = deque(maxlen=20)  # last step rows, for the summary
+
+    def _optimizer(self):
+        params = [p for p in self.drafter.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                betas=(0.9, 0.95))
+        warmup = round(self.cfg.warmup_ratio * self.total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.total_steps, warmup))
+        return opt, sched
+
+    @property
+    def run_key(self) -> dict:
+        return {
+            "method": self.method,
+            "training": asdict(self.cfg),
+            "draft_vocab_size": self.drafter.draft_vocab_size,
+            "conversations": len(self.indices),
+            "total_steps": self.total_steps,
+        }
+
+    def run(self, resume, on_epoch_end, checkpoint_every, stop_after, progress) -> TrainResult:
+        from tqdm import tqdm
+
+        resumed = self._restore(resume)
+        log = TrainLog(self.out_dir, self.state if resumed else None)
+        self._recent.extend(r for r in log.kept if r.get("event") == "step")
+        bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step",
+                   desc=f"train {self.method}", disable=not progress)
+        try:
+            while self.state.step < self.total_steps and self.state.epoch < self.cfg.epochs:
+                if self._run_epoch(log, bar, checkpoint_every, stop_after):
+                    self._checkpoint()
+                    return TrainResult(self.drafter.eval(), None, self.state, self._summary())
+                self._end_epoch(log, on_epoch_end)
+        finally:
+            bar.close()
+            log.close()
+        return self._finish()
+
+    def _restore(self, resume: bool) -> bool:
+        folder = self.out_dir / "checkpoints"
+        path = latest_checkpoint(folder) if resume else None
+        if path is None:
+            shutil.rmtree(folder, ignore_errors=True)  # a fresh run never mixes with an old one
+            return False
+        self.state = load_checkpoint(path, self.drafter, self.optimizer, self.scheduler,
+                                     self.run_key)
+        return True
+
+    def _run_epoch(self, log: TrainLog, bar, checkpoint_every: int, stop_after: int) -> bool:
+        """Train the rest of the current epoch; True when `stop_after` says stop now."""
+        batches = epoch_batches(self.indices, self.lengths, self.cfg.batch_size, self.cfg.seed,
+                                self.state.epoch)
+        for b in range(self.state.batch, len(batches)):
+            if self.state.step >= self.total_steps:
+                break
+            row = self._train_step(batches[b])
+            self.state.batch = b + 1
+            log.write(row)
+            self._recent.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.2f}",
+                            tok_s=f"{row['tokens_per_s']:.0f}")
+            if checkpoint_every and self.state.step % checkpoint_every == 0:
+                self._checkpoint()
+            if stop_after and self.state.step >= stop_after:
+                return True
+        return False
+
+    def _train_step(self, indices: list[int]) -> dict:
+        began = time.perf_counter()
+        batch = collate_pairs(self.source.fetch(indices)).to(self.device)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = self._forward_backward(batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.drafter.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        seconds = time.perf_counter() - began
+        self.state.step += 1
+        self.state.tokens += batch.tokens
+        self.state.seconds += seconds
+        return {"event": "step", "step": self.state.step, "epoch": self.state.epoch, **parts,
+                "lr": lr, "grad_norm": float(grad_norm), "tokens": batch.tokens,
+                "tokens_per_s": batch.tokens / seconds}
+
+    def _forward_backward(self, batch: PairBatch) -> dict[str, float]:
+        """All passes of one batch; gradients accumulate, parts are summed over passes."""
+        sel = batch.loss_mask  # [B, P]
+        topk = self.weights.topk if self.weights.w_topk else 0
+        target = target_side(batch.target_features[sel], self.head, topk)
+        embeds = self.embed(batch.next_ids).float()  # [B, P, d], frozen
+        totals = dict.fromkeys(_SUMMED, 0.0)
+        passes = aligned_passes(self.drafter, batch.features, embeds, self.passes, self.autocast)
+        for j, pred in enumerate(passes):  # pred [B, P, d]
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                parts = drafter_losses(pred[sel], target, self.head, self.weights)
+            parts["loss"].backward()
+            for key in _SUMMED:
+                totals[key] += float(parts[key].detach())
+            totals["acc" if j == 0 else "acc_aligned"] = float(parts["acc"])
+        return totals
+
+    def _end_epoch(self, log: TrainLog, on_epoch_end: EpochHook | None) -> None:
+        """Checkpoint first (a hook may hand `<out>/checkpoints/last` to Ray Tune), then the
+        hook; its metrics are logged and land in the next checkpoint."""
+        epoch = self.state.epoch
+        self.state.epoch, self.state.batch = epoch + 1, 0
+        self._checkpoint()
+        metrics = {}
+        if on_epoch_end is not None:
+            metrics = dict(on_epoch_end(epoch, self._eval_copy()) or {})
+        row = {"event": "epoch", "step": self.state.step, "epoch": epoch, **metrics}
+        self.state.epoch_metrics.append(row)
+        log.write(row)
+        if time.monotonic() - self._plotted > PLOT_EVERY_S:
+            self._plot()
+
+    def _plot(self) -> None:
+        plot_loss_curve(read_log(self.out_dir / LOG_FILE), self.out_dir / CURVE_FILE)
+        self._plotted = time.monotonic()
+
+    def _eval_copy(self) -> EagleDrafter:
+        """What hooks get: an eval-mode copy in the target's dtype (training state untouched)."""
+        drafter = copy.deepcopy(self.drafter).to(self.target.dtype).eval().requires_grad_(False)
+        drafter.meta = self._final_meta()
+        return drafter
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.out_dir / "checkpoints", self.drafter, self._final_meta(),
+                        self.optimizer, self.scheduler, self.state, self.run_key)
+
+    def _finish(self) -> TrainResult:
+        path = save_drafter(self.drafter, self.out_dir / "drafter", self._final_meta())
+        self._plot()
+        self.drafter.eval().requires_grad_(False)
+        self.drafter.meta = self._final_meta()
+        return TrainResult(self.drafter, path, self.state, self._summary())
+
+    def _final_meta(self) -> DrafterMeta:
+        extra = {**self.meta.extra, "training": self._summary()}
+        return replace(self.meta, extra=extra)
+
+    def _summary(self) -> dict:
+        last = list(self._recent)
+        return {
+            "method": self.method,
+            "steps": self.state.step,
+            "total_steps": self.total_steps,
+            "epochs_done": self.state.epoch,
+            "conversations": len(self.indices),
+            "tokens": self.state.tokens,
+            "train_seconds": round(self.state.seconds, 2),
+            "tokens_per_s": round(self.state.tokens / max(self.state.seconds, 1e-9), 1),
+            "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
+            "final_acc": sum(r["acc"] for r in last) / len(last) if last else None,
+            "epoch_metrics": list(self.state.epoch_metrics),
+            "config": asdict(self.cfg),
+        }
+
+
+def _check_settings(cfg, method: str, source: FeatureSource, target) -> None:
+    if method not in METHODS:
+        raise TapsError(f"drafter.method '{method}' is unknown; use one of {', '.join(METHODS)}")
+    if cfg.epochs < 1:
+        raise TapsError(f"training.epochs must be >= 1 (got {cfg.epochs}); use max_steps to cap")
+    if cfg.max_steps < 0:
+        raise TapsError(f"training.max_steps must be >= 0 (got {cfg.max_steps}); 0 = no cap")
+    if method == "hass" and (cfg.align_steps < 1 or cfg.topk < 1):
+        raise TapsError("training.align_steps and training.topk must be >= 1 for HASS")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise TapsError(f"training.warmup_ratio must be in [0, 1) (got {cfg.warmup_ratio})")
+    if cfg.grad_clip <= 0:
+        raise TapsError(f"training.grad_clip must be > 0 (got {cfg.grad_clip})")
+    check_target = getattr(source, "check_target", None)  # a FeatureCache knows its target
+    if check_target is not None:
+        check_target(target)
+    if source.hidden_size != target.model.config.hidden_size:
+        raise TapsError(
+            f"the features have hidden size {source.hidden_size} but target '{target.name}' has "
+            f"{target.model.config.hidden_size}; build the feature cache for this target"
+        )

@@ -1,0 +1,60 @@
+"""Weight-space averaging of drafters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from taps_ray.errors import TapsError
+from taps_ray.models.drafter import untrained_drafter
+from taps_ray.training.averaging import average_drafters
+from tests.tiny import tiny_target
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def test_averaging_identical_drafters_changes_nothing(target):
+    a, b = untrained_drafter(target, seed=1), untrained_drafter(target, seed=1)
+    assert_same_weights(average_drafters([a, b]), a)
+
+
+def test_weights_one_zero_return_the_first(target):
+    a, b = untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)
+    merged = average_drafters([a, b], [1.0, 0.0])
+    assert_same_weights(merged, a)
+    assert merged.meta.extra["weights"] == [1.0, 0.0]
+
+
+def test_uniform_average_is_the_midpoint(target):
+    a, b = untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)
+    merged = average_drafters([a, b], [3.0, 3.0])
+    torch.testing.assert_close(merged.fc.weight, (a.fc.weight + b.fc.weight) / 2)
+    assert merged.meta.name.startswith("mix")
+
+
+@pytest.mark.parametrize("weights", [[1.0, -1.0], [0.0, 0.0], [1.0], [float("nan"), 1.0]])
+def test_bad_weights_are_user_errors(target, weights):
+    a, b = untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)
+    with pytest.raises(TapsError, match="weight"):
+        average_drafters([a, b], weights)
+
+
+def test_other_architecture_or_vocab_is_rejected(target):
+    a = untrained_drafter(target, seed=1)
+    with pytest.raises(TapsError, match="architecture"):
+        average_drafters([a, untrained_drafter(tiny_target("qwen3"), seed=1)])
+    reduced = untrained_drafter(target, seed=1, draft_vocab_size=8)
+    with pytest.raises(TapsError, match="draft vocabulary"):
+        average_drafters([reduced, untrained_drafter(target, seed=1, draft_vocab_size=9)])
+    with pytest.raises(TapsError, match="draft vocabulary"):
+        average_drafters([a, reduced])
+
+
+def test_no_drafters_is_a_user_error():
+    with pytest.raises(TapsError, match="at least one"):
+        average_drafters([])

@@ -1,0 +1,124 @@
+"""Training loop: losses fall, resume is exact, damage is reported, outputs are complete."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from taps_ray.config.schema import DataConfig
+from taps_ray.errors import TapsError
+from taps_ray.training.pipeline import default_drafter_name
+from taps_ray.training.trainer import train_drafter
+from taps_ray.training.trainlog import read_log
+from taps_ray.training.vocab import build_draft_vocab
+from tests.training.conftest import build_cache, fast_config
+
+
+def step_rows(out_dir) -> list[dict]:
+    return [r for r in read_log(out_dir / "train_log.jsonl") if r["event"] == "step"]
+
+
+def mean(values) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("method", ["eagle2", "hass"])
+def test_loss_decreases_on_a_repeating_dataset(target, examples, tmp_path, method):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    result = train_drafter(target, cache, fast_config(max_steps=50), tmp_path / "run",
+                           method=method, progress=False)
+    rows = step_rows(tmp_path / "run")
+    assert len(rows) == 50 == result.state.step
+    first, last = mean([r["loss"] for r in rows[:5]]), mean([r["loss"] for r in rows[-5:]])
+    assert last < 0.5 * first
+    assert mean([r["acc"] for r in rows[-5:]]) > mean([r["acc"] for r in rows[:5]])
+    if method == "hass":
+        assert rows[-1]["topk"] > 0 and "acc_aligned" in rows[-1]
+    for key in ("step", "epoch", "loss", "feature", "ce", "lr", "tokens_per_s"):
+        assert key in rows[-1]
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    cfg = fast_config(max_steps=12)  # 3 batches per epoch: stop mid-epoch 1
+    straight = train_drafter(target, cache, cfg, tmp_path / "a", method="hass", progress=False)
+    stopped = train_drafter(target, cache, cfg, tmp_path / "b", method="hass", stop_after=5,
+                            progress=False)
+    assert stopped.path is None and stopped.state.step == 5
+    resumed = train_drafter(target, cache, cfg, tmp_path / "b", method="hass", resume=True,
+                            progress=False)
+    assert resumed.state.step == 12
+    for name, value in straight.drafter.state_dict().items():
+        assert torch.equal(value, resumed.drafter.state_dict()[name]), name
+    losses = [r["loss"] for r in step_rows(tmp_path / "b")]
+    assert losses == [r["loss"] for r in step_rows(tmp_path / "a")]
+
+
+@pytest.mark.parametrize("damaged", ["trainer_state.pt", "model.safetensors"])
+def test_truncated_checkpoint_on_resume_is_a_user_error(target, examples, tmp_path, damaged):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    cfg = fast_config(max_steps=6)
+    train_drafter(target, cache, cfg, tmp_path / "b", stop_after=2, progress=False)
+    path = tmp_path / "b" / "checkpoints" / "last" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(TapsError, match="truncated or corrupted"):
+        train_drafter(target, cache, cfg, tmp_path / "b", resume=True, progress=False)
+
+
+def test_resume_with_other_settings_is_a_user_error(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    train_drafter(target, cache, fast_config(max_steps=6), tmp_path / "b", stop_after=2,
+                  progress=False)
+    with pytest.raises(TapsError, match="training="):
+        train_drafter(target, cache, fast_config(max_steps=6, lr=1e-3), tmp_path / "b",
+                      resume=True, progress=False)
+
+
+def test_reduced_vocab_training_and_saved_drafter(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    vocab = build_draft_vocab(cache.token_arrays(), size=10, vocab_size=32, special_ids=[0])
+    assert set(range(1, 9)) <= set(vocab.tolist())  # the 8 ids of the repeating pattern
+    result = train_drafter(target, cache, fast_config(max_steps=30), tmp_path / "run",
+                           method="hass", draft_vocab=vocab, progress=False)
+    rows = step_rows(tmp_path / "run")
+    assert mean([r["loss"] for r in rows[-5:]]) < mean([r["loss"] for r in rows[:5]])
+    saved = load_file(str(result.path / "model.safetensors"))
+    assert saved["draft_vocab"].tolist() == vocab.tolist()
+    assert "lm_head.weight" not in saved and not any("embed" in k and "decoder" not in k
+                                                     for k in saved)
+    meta = json.loads((result.path / "taps.json").read_text())
+    assert meta["method"] == "hass" and meta["draft_vocab_size"] == 10
+    assert meta["extra"]["training"]["steps"] == 30
+
+
+def test_epoch_hook_gets_an_eval_copy_and_its_metrics_are_logged(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    seen = []
+
+    def hook(epoch, drafter):
+        seen.append((epoch, drafter.training, next(drafter.parameters()).requires_grad))
+        return {"tau": 1.0 + epoch}
+
+    result = train_drafter(target, cache, fast_config(epochs=2, max_steps=0), tmp_path / "run",
+                           on_epoch_end=hook, progress=False)
+    assert seen == [(0, False, False), (1, False, False)]
+    epochs = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r["event"] == "epoch"]
+    assert [r["tau"] for r in epochs] == [1.0, 2.0]
+    assert result.state.step == 6 and result.summary["epoch_metrics"][1]["tau"] == 2.0
+
+
+def test_unknown_method_is_a_user_error(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    with pytest.raises(TapsError, match="drafter.method"):
+        train_drafter(target, cache, fast_config(), tmp_path / "run", method="medusa")
+
+
+def test_default_drafter_names():
+    assert default_drafter_name(DataConfig(mixture="math=1.0"), "eagle2") == "math-eagle2"
+    assert default_drafter_name(DataConfig(mixture="chat=1.0"), "hass") == "chat-hass"
+    mixed = DataConfig(mixture="math=0.5,chat=0.5", total=70000)
+    assert default_drafter_name(mixed, "hass") == "mix35k-hass"
