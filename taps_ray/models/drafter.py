@@ -198,7 +198,9 @@ def _read_meta(path: Path) -> DrafterMeta:
     try:
         return DrafterMeta(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as err:
-        raise TapsError(f"drafter metadata '{path}' is damaged ({err}); retrain the drafter") from None
+        raise TapsError(
+            f"drafter metadata '{path}' is damaged ({err}); retrain the drafter"
+        ) from None
 
 
 def _replace_dir(new: Path, old: Path) -> None:
