@@ -35,7 +35,7 @@ BENCHMARKS = ("mt_bench", "gsm8k", "math500", "svamp")
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    target = load_target(args.target, device=args.device)
+    target = random_target(args) if args.random_init else load_target(args.target, args.device)
     prompts = load_prompts(target, args.prompts)
     drafter = (
         untrained_drafter(target, draft_vocab_size=args.draft_vocab)
@@ -68,7 +68,31 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="docs/bench")
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights of the target's architecture (timings only)")
+    p.add_argument("--config-override", nargs="*", default=[],
+                   help="with --random-init: config fields, e.g. num_hidden_layers=32")
     return p.parse_args()
+
+
+def random_target(args):
+    """A target of the folder's architecture (config + tokenizer) with random weights, built on
+    the device: per-step timings without the weights (e.g. an 8B shape on a lent GPU)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from taps_ray.models.target import Target, default_device, default_dtype
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = default_dtype(device)
+    config = AutoConfig.from_pretrained(args.target)
+    for override in args.config_override:
+        key, _, value = override.partition("=")
+        setattr(config, key, type(getattr(config, key))(value))
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    return Target(f"random:{args.target}", model, tokenizer, device, dtype)
 
 
 def load_prompts(target, per_benchmark: int) -> list[list[int]]:

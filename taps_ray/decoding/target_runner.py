@@ -36,7 +36,8 @@ class TargetRunner:
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [L] -> features [L, d]; the cache then holds L entries."""
         self.reset()
-        return self._forward(input_ids, torch.arange(input_ids.numel(), device=self.device), None)
+        ids = input_ids.to(self.device)
+        return self._forward(ids, torch.arange(ids.numel(), device=self.device), None)
 
     def step(self, token: int) -> torch.Tensor:
         """One plain decoding step: feature [1, d] of `token` at the next position."""
