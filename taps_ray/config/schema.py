@@ -23,10 +23,12 @@ class DataConfig:
     seed: int = 0  # drives which conversations are drawn
     max_length: int = 1024  # tokens per rendered conversation (longer ones are truncated)
     regenerate: bool = False  # replace responses with the target's own (self-distillation)
+    regenerate_max_new_tokens: int = 256  # length cap of each regenerated answer
 
     def __post_init__(self) -> None:
         _positive("data.total", self.total)
         _positive("data.max_length", self.max_length)
+        _positive("data.regenerate_max_new_tokens", self.regenerate_max_new_tokens)
 
 
 @dataclass

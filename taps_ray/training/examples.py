@@ -23,14 +23,19 @@ class DataSpec:
     seed: int  # drives which conversations are drawn
     max_length: int  # tokens per rendered conversation (longer ones are truncated)
     regenerate: bool = False  # responses replaced by the target's own
+    regenerate_max_new_tokens: int = 0  # length cap of regenerated answers (0 when off)
 
     @classmethod
     def from_config(cls, data: object) -> DataSpec:
         """From a `DataConfig` (duck-typed to keep this module free of config imports)."""
-        return cls(data.mixture, data.total, data.seed, data.max_length, data.regenerate)
+        cap = data.regenerate_max_new_tokens if data.regenerate else 0
+        return cls(data.mixture, data.total, data.seed, data.max_length, data.regenerate, cap)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        blob = asdict(self)
+        if not self.regenerate:
+            del blob["regenerate_max_new_tokens"]  # keeps keys of caches built before the field
+        return blob
 
 
 def render_examples(

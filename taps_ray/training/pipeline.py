@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from taps_ray.errors import TapsError
 from taps_ray.models.drafter import DrafterMeta
 from taps_ray.training.examples import DataSpec, render_examples, require_assistant_tokens
 from taps_ray.training.features import FeatureCache, FeatureSource, FeatureSpec, OnlineFeatures
@@ -26,8 +25,6 @@ def prepare_features(
     A finished cache is opened without drawing or rendering anything.
     """
     spec = DataSpec.from_config(data)
-    if spec.regenerate:
-        raise TapsError("data.regenerate=true is not supported by training yet; set it to false")
     feature_spec = FeatureSpec.for_target(target, spec, feature_dtype)
     if not online:
         cache = FeatureCache.find(feature_spec)
@@ -36,8 +33,13 @@ def prepare_features(
     from taps_ray.data.mixture import build_mixture
 
     mixture = build_mixture(data.mixture, data.total, data.seed)
-    examples, skipped = render_examples(target.tokenizer, mixture.records, data.max_length,
-                                        progress)
+    records = mixture.records
+    if spec.regenerate:
+        from taps_ray.training.regenerate import regenerate_records
+
+        records = regenerate_records(target, records, spec.as_dict(),
+                                     spec.regenerate_max_new_tokens, progress=progress)
+    examples, skipped = render_examples(target.tokenizer, records, data.max_length, progress)
     require_assistant_tokens(examples, spec)
     counts = {"drawn": dict(mixture.counts), "skipped_no_assistant": skipped,
               "conversations": len(examples)}

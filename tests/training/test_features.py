@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from taps_ray.config.schema import DataConfig
 from taps_ray.data.render import RenderedExample
 from taps_ray.errors import TapsError
 from taps_ray.training import features as features_module
+from taps_ray.training.examples import DataSpec
 from taps_ray.training.extract import length_batches
 from taps_ray.training.features import FeatureCache, OnlineFeatures
 from tests.tiny import tiny_target
@@ -115,6 +117,19 @@ def test_cache_key_changes_with_target_and_data(target, examples):
     assert synthetic_spec(tiny_target("qwen3"), examples).key() != base.key()
     assert synthetic_spec(target, examples[:5]).key() != base.key()
     assert synthetic_spec(target, examples, "fp16").key() != base.key()
+
+
+def test_regeneration_and_its_length_cap_are_part_of_the_data_key():
+    plain = DataConfig(mixture="math=1.0", total=10)
+    keys = {DataSpec.from_config(c).as_dict().__repr__() for c in (
+        plain,
+        DataConfig(mixture="math=1.0", total=10, regenerate_max_new_tokens=64),  # cap unused
+    )}
+    assert len(keys) == 1
+    regen = [DataSpec.from_config(DataConfig(mixture="math=1.0", total=10, regenerate=True,
+                                             regenerate_max_new_tokens=n)).as_dict()
+             for n in (64, 128)]
+    assert regen[0] != regen[1] and DataSpec.from_config(plain).as_dict() not in regen
 
 
 def test_zero_assistant_tokens_is_a_user_error(target, tmp_path):
