@@ -8,6 +8,7 @@ after them. tau = sum over steps of (accepted + 1) / steps; the prefill token is
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,15 @@ class StepStats:
     accepted_entropy: list[float] = field(default_factory=list)
     rejected_confidence: list[float] = field(default_factory=list)  # examined, not accepted
     rejected_entropy: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Chunk:
+    """Tokens committed by one prefill or step (what a stream emits)."""
+
+    tokens: list[int]
+    stat: StepStats | None  # None for the prefill token
+    finish_reason: str | None = None  # set on the last chunk: "stop" or "length"
 
 
 @dataclass
@@ -102,24 +112,47 @@ class SpeculativeEngine:
         stop_token_ids: set[int] | None = None,
         seed: int = 0,
     ) -> GenerationResult:
+        start = time.perf_counter()
+        tokens: list[int] = []
+        steps: list[StepStats] = []
+        prefill_s = 0.0
+        for chunk in self.stream(prompt_ids, sampling, max_new_tokens, stop_token_ids, seed):
+            tokens += chunk.tokens
+            if chunk.stat is None:
+                prefill_s = time.perf_counter() - start
+            else:
+                steps.append(chunk.stat)
+        return GenerationResult(
+            tokens, steps, prefill_s, time.perf_counter() - start, chunk.finish_reason or "length"
+        )
+
+    def stream(
+        self,
+        prompt_ids,
+        sampling: SamplingParams,
+        max_new_tokens: int,
+        stop_token_ids: set[int] | None = None,
+        seed: int = 0,
+    ) -> Iterator[Chunk]:
+        """Yield the committed tokens as they come: the prefill token, then one chunk per step.
+
+        The last chunk has `finish_reason` set ("stop" or "length").
+        """
+        if max_new_tokens <= 0:
+            raise ValueError("max_new_tokens must be > 0")
         stops = default_stop_ids(self.target) if stop_token_ids is None else set(stop_token_ids)
         gen = _generator(seed, self.runner.device)
-        start = time.perf_counter()
         prompt = _as_ids(prompt_ids, self.runner.device)
-        root, feats = self._prefill(prompt, sampling, gen)
-        prefill_s = time.perf_counter() - start
+        root = self._prefill(prompt, sampling, gen)
         tokens, finished = clip_at_stop([root], stops, max_new_tokens)
-        steps: list[StepStats] = []
+        yield Chunk(tokens, None, _reason(tokens, stops) if finished else None)
         self.strategy.start()
         while not finished:
-            stat, committed = self._step(
+            stat, (committed, finished) = self._step(
                 tokens[-1], sampling, gen, stops, max_new_tokens - len(tokens)
             )
-            steps.append(stat)
-            tokens += committed[0]
-            finished = committed[1]
-        reason = "stop" if tokens and tokens[-1] in stops else "length"
-        return GenerationResult(tokens, steps, prefill_s, time.perf_counter() - start, reason)
+            tokens += committed
+            yield Chunk(committed, stat, _reason(tokens, stops) if finished else None)
 
     def _prefill(self, prompt, sampling, gen):
         feats = self.runner.prefill(prompt)  # [L, d]
@@ -128,7 +161,7 @@ class SpeculativeEngine:
         for s in self.sessions:
             s.reset()
             s.extend(feats, nxt)  # pairs (f_t, x_{t+1}) for t = 0..L-1
-        return root, feats
+        return root
 
     def _step(self, root: int, sampling, gen, stops, budget):
         t0 = time.perf_counter()
@@ -181,6 +214,10 @@ def generate_plain(
         tokens.append(_pick(runner.logits(runner.step(tokens[-1])), sampling, gen))
     reason = "stop" if tokens[-1] in stops else "length"
     return GenerationResult(tokens, [], prefill_s, time.perf_counter() - start, reason)
+
+
+def _reason(tokens: list[int], stops: set[int]) -> str:
+    return "stop" if tokens and tokens[-1] in stops else "length"
 
 
 def default_stop_ids(target) -> set[int]:
