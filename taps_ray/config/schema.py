@@ -125,6 +125,38 @@ class ExperimentConfig:
     output_dir: str = "runs/default"  # where drafters, caches and results of this run go
 
 
+@dataclass
+class BenchConfig:
+    """A matrix: drafter sets x strategies x benchmarks x temperatures (`taps-ray bench`)."""
+
+    target: TargetConfig = field(default_factory=TargetConfig)
+    tree: TreeConfig = field(default_factory=TreeConfig)
+    # set name -> drafter folders ("untrained" = a random head, for smoke runs)
+    drafter_sets: dict[str, list[str]] = field(default_factory=dict)
+    # labels: single | average | average@W (W = weight of the first of two drafters) |
+    # route-confidence/step|prompt | route-entropy/step|prompt | merged/sum|matched | bandit
+    strategies: list[str] = field(default_factory=lambda: ["single"])
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
+    seed: int = 0  # picks the prompt subsets and seeds sampling
+    max_new_tokens: int = 128  # per prompt/turn
+    replay_prompts_per_benchmark: int = 10  # T = 0 by replay (0 = all, -1 = skip replay)
+    live_temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    live_prompts_per_benchmark: int = 3  # live decoding subset (tokens/s, T > 0)
+    baseline: bool = True  # also decode the live subset with plain autoregressive decoding
+    results_dir: str = "runs/bench/results"  # local folder or pyarrow URI (s3://...)
+    run_id: str = ""  # empty: derived from the config; reuse it to resume
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown:
+            raise ValueError(f"unknown benchmark '{unknown[0]}'; valid: {', '.join(BENCHMARKS)}")
+        if not self.drafter_sets:
+            raise ValueError("drafter_sets is empty; name at least one set of drafter folders")
+        if any(t < 0 for t in self.live_temperatures):
+            raise ValueError("live_temperatures must be >= 0")
+        _positive("max_new_tokens", self.max_new_tokens)
+
+
 def _positive(key: str, value: int) -> None:
     if value <= 0:
         raise ValueError(f"{key} must be > 0, got {value}")
@@ -132,6 +164,7 @@ def _positive(key: str, value: int) -> None:
 
 __all__ = [
     "BENCHMARKS",
+    "BenchConfig",
     "DEFAULT_TARGET",
     "DataConfig",
     "DrafterConfig",

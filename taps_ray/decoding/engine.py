@@ -16,7 +16,7 @@ import torch
 from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.proposer import DrafterSession
 from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
-from taps_ray.decoding.strategies import Proposal, make_strategy
+from taps_ray.decoding.strategies import Proposal, strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import (
     DraftTree,
@@ -100,9 +100,11 @@ class SpeculativeEngine:
         self.target = target
         self.runner = TargetRunner(target.model)
         head = self.runner.lm_head.weight
+        kind = strategy_class(strategy, strategy_options)
+        drafters = kind.prepare_drafters(list(drafters), **strategy_options)
+        self.strategy = kind(len(drafters), **strategy_options)
         self.sessions = [DrafterSession(d, self.runner.embed, head) for d in drafters]
         self.tree = tree
-        self.strategy = make_strategy(strategy, len(drafters), **strategy_options)
 
     def generate(
         self,

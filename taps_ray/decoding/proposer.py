@@ -7,6 +7,7 @@ tokens (x_{S-1} = root, not yet verified), the drafter's cache holds pairs 0..S-
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,21 +36,40 @@ class DrafterSession:
         self.drafter = drafter
         self.embed = embed
         self.head = drafter.head_weight(lm_head_weight)  # [V', d]; a view unless reduced vocab
+        self.full_head = lm_head_weight  # [V, d] the target's head, shared by all sessions
         self.dtype = self.head.dtype
         self.device = self.head.device
         self.cache = None
         self.length = 0  # pairs in the drafter cache
         self.last_hidden = None  # [d] output at the newest pair: the parent feature of depth 1
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # queued committed pairs
 
     def reset(self) -> None:
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.drafter.decoder.config)
         self.length = 0
+        self.pending = []
+
+    def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """Append committed pairs: features [m, d] at t, next_tokens [m] = x_{t+1}.
+
+        Pairs are queued and run at the next `draft`, so a drafter that sits out steps (prompt
+        routing, bandit) catches up in one batched call when it drafts again.
+        """
+        self.pending.append((features, next_tokens))
 
     @torch.inference_mode()
-    def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
-        """Append committed pairs: features [m, d] at t, next_tokens [m] = x_{t+1}."""
+    def flush(self) -> None:
+        """Run the queued pairs through the drafter (one call for all of them)."""
+        if not self.pending:
+            return
+        if len(self.pending) == 1:
+            features, next_tokens = self.pending[0]
+        else:
+            features = torch.cat([f for f, _ in self.pending])
+            next_tokens = torch.cat([t.to(features.device) for _, t in self.pending])
+        self.pending = []
         m = next_tokens.numel()
         pos = torch.arange(self.length, self.length + m, device=self.device)
         mask = causal_mask(self.length, m, self.dtype, self.device)
@@ -57,10 +77,25 @@ class DrafterSession:
         self.length += m
         self.last_hidden = hidden[-1]
 
-    @torch.inference_mode()
     def draft(self, tree: TreeConfig) -> DraftTree:
         """EAGLE-2: top-k children of the root, then `depth` rounds expanding the best k nodes."""
-        logp = self._log_probs(self.last_hidden[None])  # [1, V']
+        rounds = self.draft_rounds(tree)
+        hidden = next(rounds)
+        try:
+            while True:
+                hidden = rounds.send(self.log_probs(hidden))
+        except StopIteration as done:
+            return done.value
+
+    @torch.inference_mode()
+    def draft_rounds(self, tree: TreeConfig) -> Generator[torch.Tensor, torch.Tensor, DraftTree]:
+        """`draft` as a coroutine: yields hidden states [k, d], receives their log-probs [k, V'].
+
+        Driving several sessions in lockstep lets their LM-head calls (the memory-bound part of
+        drafting) be batched into one matmul: see `draft_many`.
+        """
+        self.flush()
+        logp = yield self.last_hidden[None]  # [1, V']
         layer = self._children(
             logp, torch.zeros(1, device=self.device), torch.tensor([-1]), tree.top_k
         )
@@ -75,9 +110,8 @@ class DrafterSession:
             )
             processed += frontier.tolist()
             offset += layer.tokens.numel()
-            layer = self._children(
-                self._log_probs(hidden), layer.scores[best], frontier, tree.top_k
-            )
+            logp = yield hidden
+            layer = self._children(logp, layer.scores[best], frontier, tree.top_k)
             layers.append(layer)
             frontier_hidden = hidden.repeat_interleave(tree.top_k, dim=0)
         crop_cache(self.cache, self.length)
@@ -113,7 +147,8 @@ class DrafterSession:
             entropies=entropy.repeat_interleave(top_k),
         )
 
-    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # [k, d] -> [k, V'] fp32
+    @torch.inference_mode()
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # [k, d] -> [k, V'] fp32
         return torch.log_softmax((hidden @ self.head.T).float(), dim=-1)
 
     def _run(self, features, tokens, pos, mask) -> torch.Tensor:
@@ -130,3 +165,47 @@ def _ancestors(node: int, parents: list[int]) -> set[int]:
         out.add(node)
         node = parents[node]
     return out
+
+
+@torch.inference_mode()
+def draft_many(sessions: Sequence[DrafterSession], tree: TreeConfig) -> list[DraftTree]:
+    """Trees of several drafters, with each round's LM-head calls batched into one matmul.
+
+    The drafters' decoder layers differ and run one after another, but they all score with the
+    target's frozen LM head (memory-bound at large vocabularies): one [sum k, d] x [d, U] call
+    over the union U of their vocabularies replaces N calls. Output equals N `draft` calls up to
+    floating-point summation order.
+    """
+    if len(sessions) == 1:
+        return [sessions[0].draft(tree)]
+    head, columns = _union_head(sessions)
+    rounds = [s.draft_rounds(tree) for s in sessions]
+    hidden: list[torch.Tensor | None] = [next(r) for r in rounds]
+    trees: list[DraftTree | None] = [None] * len(sessions)
+    while any(h is not None for h in hidden):
+        live = [i for i, h in enumerate(hidden) if h is not None]
+        logits = torch.cat([hidden[i] for i in live]) @ head.T  # [sum k, U]
+        row = 0
+        for i in live:
+            k = hidden[i].shape[0]
+            part = logits[row : row + k]
+            part = part if columns[i] is None else part.index_select(1, columns[i])
+            row += k
+            try:
+                hidden[i] = rounds[i].send(torch.log_softmax(part.float(), dim=-1))
+            except StopIteration as done:
+                hidden[i], trees[i] = None, done.value
+    return trees
+
+
+def _union_head(sessions: Sequence[DrafterSession]) -> tuple[torch.Tensor, list]:
+    """The LM-head rows of all sessions' vocabularies, and each session's columns in it."""
+    vocabs = [s.drafter.draft_vocab for s in sessions]
+    full = sessions[0].full_head
+    if any(v is None for v in vocabs):
+        cols = [None if v is None else v.to(full.device) for v in vocabs]
+        return full, cols
+    union, inverse = torch.unique(torch.cat(vocabs), return_inverse=True)
+    sizes = [v.numel() for v in vocabs]
+    cols = list(inverse.to(full.device).split(sizes))
+    return full.index_select(0, union.to(full.device)), cols

@@ -7,12 +7,14 @@ register themselves with `@register("name")`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from taps_ray.config.schema import TreeConfig
-from taps_ray.decoding.proposer import DrafterSession
-from taps_ray.decoding.tree import DraftTree
+from taps_ray.decoding.proposer import DrafterSession, draft_many
+from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
 
 
@@ -30,6 +32,11 @@ class Strategy:
 
     def __init__(self, num_drafters: int, **options: object):
         self.num_drafters = num_drafters
+
+    @classmethod
+    def prepare_drafters(cls, drafters: list, **options: object) -> list:
+        """The drafters the sessions run (weight averaging turns N into one)."""
+        return drafters
 
     def start(self) -> None:
         """Called once per prompt/turn, before the first step."""
@@ -57,10 +64,22 @@ def strategy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_strategy(name: str, num_drafters: int, **options: object) -> Strategy:
+def strategy_class(name: str, options: dict | None = None) -> type[Strategy]:
+    """The registered class, after checking `options` are ones its constructor takes."""
     if name not in _REGISTRY:
         raise TapsError(f"unknown strategy '{name}'; valid: {', '.join(strategy_names())}")
-    return _REGISTRY[name](num_drafters, **options)
+    kind = _REGISTRY[name]
+    valid = [p for p in inspect.signature(kind.__init__).parameters
+             if p not in ("self", "num_drafters", "options")]
+    unknown = [k for k in options or {} if k not in valid]
+    if unknown:
+        takes = ", ".join(valid) if valid else "no options"
+        raise TapsError(f"strategy '{name}' has no option '{unknown[0]}' (it takes: {takes})")
+    return kind
+
+
+def make_strategy(name: str, num_drafters: int, **options: object) -> Strategy:
+    return strategy_class(name, options)(num_drafters, **options)
 
 
 @register("single")
@@ -74,3 +93,143 @@ class Single(Strategy):
 
     def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
         return Proposal(sessions[0].draft(tree), route=0, drafted=[0])
+
+
+@register("average")
+class Average(Single):
+    """Weight space: one drafter whose parameters are the weighted mean of the N given."""
+
+    def __init__(self, num_drafters: int, weights: Sequence[float] | None = None):
+        super().__init__(num_drafters)  # sessions hold the one averaged drafter
+
+    @classmethod
+    def prepare_drafters(cls, drafters: list, weights: Sequence[float] | None = None) -> list:
+        from taps_ray.training.averaging import average_drafters
+
+        return [average_drafters(drafters, weights)]
+
+
+def tree_confidence(tree: DraftTree) -> float:
+    """Mean node confidence, confidence = exp(cumulative draft log-prob)."""
+    return float(tree.scores.exp().mean()) if tree.size else 0.0
+
+
+def tree_entropy(tree: DraftTree) -> float:
+    """Mean draft entropy over the nodes (lower = surer)."""
+    return float(tree.entropies.mean()) if tree.size else float("inf")
+
+
+class _Router(Strategy):
+    """Every drafter drafts; the tree with the best metric is verified.
+
+    granularity `step` decides every step; `prompt` decides once per prompt/turn from the
+    first `warmup_steps` steps (mean metric), then drafts with the winner only.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, num_drafters: int, granularity: str = "step", warmup_steps: int = 2):
+        super().__init__(num_drafters)
+        if granularity not in ("step", "prompt"):
+            raise TapsError(f"granularity must be 'step' or 'prompt', got '{granularity}'")
+        if int(warmup_steps) < 1:
+            raise TapsError(f"warmup_steps must be >= 1, got {warmup_steps}")
+        self.granularity, self.warmup_steps = granularity, int(warmup_steps)
+
+    def metric(self, tree: DraftTree) -> float:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.totals = [0.0] * self.num_drafters
+        self.seen = 0
+        self.winner: int | None = None
+
+    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+        if self.winner is not None:
+            return Proposal(sessions[self.winner].draft(tree), self.winner, [self.winner])
+        trees = draft_many(sessions, tree)
+        values = [self.metric(t) for t in trees]
+        best = _best(values, self.higher_is_better)
+        if self.granularity == "prompt":
+            self.totals = [a + v for a, v in zip(self.totals, values, strict=True)]
+            self.seen += 1
+            if self.seen >= self.warmup_steps:
+                self.winner = _best(self.totals, self.higher_is_better)
+        return Proposal(trees[best], best, list(range(len(sessions))))
+
+
+@register("route-confidence")
+class RouteConfidence(_Router):
+    def metric(self, tree: DraftTree) -> float:
+        return tree_confidence(tree)
+
+
+@register("route-entropy")
+class RouteEntropy(_Router):
+    higher_is_better = False
+
+    def metric(self, tree: DraftTree) -> float:
+        return tree_entropy(tree)
+
+
+@register("merged")
+class Merged(Strategy):
+    """Trie union of all drafters' trees; budget `sum` keeps it whole, `matched` reranks it to
+    one tree's `total_tokens` (same verify cost as a single drafter)."""
+
+    def __init__(self, num_drafters: int, budget: str = "sum"):
+        super().__init__(num_drafters)
+        if budget not in ("sum", "matched"):
+            raise TapsError(f"budget must be 'sum' or 'matched', got '{budget}'")
+        self.budget = budget
+
+    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+        trees = draft_many(sessions, tree)
+        total = tree.total_tokens if self.budget == "matched" else None
+        return Proposal(merge_trees(trees, total), None, list(range(len(sessions))))
+
+
+@register("bandit")
+class Bandit(Strategy):
+    """UCB1 over drafters within a prompt: only the chosen drafter drafts each step.
+
+    Reward = accepted draft tokens / tree depth (in [0, 1]). Drafters that sit out catch up
+    on the committed tokens in one batched call when next chosen.
+    """
+
+    def __init__(self, num_drafters: int, exploration: float = 0.5):
+        super().__init__(num_drafters)
+        if float(exploration) < 0:
+            raise TapsError(f"exploration must be >= 0, got {exploration}")
+        self.exploration = float(exploration)
+        self.depth = 1
+
+    def start(self) -> None:
+        self.pulls = [0] * self.num_drafters
+        self.rewards = [0.0] * self.num_drafters
+
+    def choose(self) -> int:
+        untried = [i for i, n in enumerate(self.pulls) if n == 0]
+        if untried:
+            return untried[0]
+        total = sum(self.pulls)
+        ucb = [
+            r / n + self.exploration * math.sqrt(math.log(total) / n)
+            for r, n in zip(self.rewards, self.pulls, strict=True)
+        ]
+        return _best(ucb, True)
+
+    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+        self.depth = tree.depth + 1
+        pick = self.choose()
+        return Proposal(sessions[pick].draft(tree), pick, [pick])
+
+    def observe(self, proposal: Proposal, accepted: int) -> None:
+        self.pulls[proposal.route] += 1
+        self.rewards[proposal.route] += accepted / self.depth
+
+
+def _best(values: Sequence[float], higher: bool) -> int:
+    """Index of the best value; ties go to the lower index (deterministic routing)."""
+    order = range(len(values))
+    return max(order, key=lambda i: (values[i] if higher else -values[i], -i))

@@ -183,3 +183,45 @@ def _path_to(node: int, parents: list[int]) -> list[int]:
         path.append(node)
         node = parents[node]
     return path[::-1]
+
+
+def merge_trees(trees: Sequence[DraftTree], total_tokens: int | None = None) -> DraftTree:
+    """Union of trees under the shared root as a trie: identical token paths become one node.
+
+    A node's score is the max over the trees that hold its path (its entropy comes from that
+    tree); since every tree's scores fall from parent to child, so do the maxima, and the union
+    stays rerankable. `total_tokens=None` keeps the whole union (budget `sum`); a number reranks
+    it to that many nodes (budget `matched`: the verify cost of one tree).
+    """
+    index: dict[tuple[int, int], int] = {}  # (merged parent, token) -> merged node
+    tokens: list[int] = []
+    parents: list[int] = []
+    scores: list[float] = []
+    entropies: list[float] = []
+    for tree in trees:
+        local: list[int] = []  # this tree's node -> merged node
+        for tok, par, score, ent in zip(
+            tree.tokens.tolist(), tree.parents.tolist(), tree.scores.tolist(),
+            tree.entropies.tolist(), strict=True,
+        ):
+            key = (local[par] if par >= 0 else -1, tok)
+            node = index.get(key)
+            if node is None:
+                node = index[key] = len(tokens)
+                tokens.append(tok)
+                parents.append(key[0])
+                scores.append(score)
+                entropies.append(ent)
+            elif score > scores[node]:
+                scores[node], entropies[node] = score, ent
+            local.append(node)
+    device = trees[0].tokens.device
+    merged = [
+        torch.tensor(tokens, dtype=torch.long, device=device),
+        torch.tensor(parents, dtype=torch.long, device=device),
+        torch.tensor(scores, dtype=trees[0].scores.dtype, device=device),
+        torch.tensor(entropies, dtype=trees[0].entropies.dtype, device=device),
+    ]
+    if total_tokens is None:
+        return DraftTree(*merged)
+    return select_tree(*merged, total_tokens=total_tokens)

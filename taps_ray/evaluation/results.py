@@ -46,6 +46,7 @@ class ResultRow:
     total_tokens: int
     depth: int
     top_k: int
+    mode: str = "live"  # live decoding, or replay (T = 0 without decoding)
     node: str = field(default_factory=lambda: os.uname().nodename)
     git_rev: str = field(default_factory=lambda: git_rev())
     created_at: float = field(default_factory=time.time)
@@ -71,19 +72,37 @@ def route_counts_json(routes: list[int | None], names: list[str]) -> str:
     return json.dumps(counts, sort_keys=True)
 
 
-def write_rows(rows: list[ResultRow], storage: str, run_id: str, writer: str = "") -> str:
-    """Write rows to `<storage>/<run_id>/<writer>-<uuid>.parquet`; returns the file path."""
+def write_rows(rows: list[ResultRow], storage: str, run_id: str, writer: str = "",
+               exact_name: bool = False) -> str:
+    """Write rows to `<storage>/<run_id>/<writer>-<uuid>.parquet`; returns the file path.
+
+    `exact_name` drops the uuid: a retried work unit then replaces its own file instead of
+    adding a second one (no duplicated rows after a worker dies and its unit reruns).
+    """
     if not rows:
         raise ValueError("write_rows needs at least one row")
+    table = pa.Table.from_pylist([asdict(r) for r in rows])
+    return write_table(table, storage, run_id, writer or "rows", exact_name)
+
+
+def write_table(table: pa.Table, storage: str, run_id: str, writer: str,
+                exact_name: bool = False) -> str:
+    """Atomically write one Parquet file under `<storage>/<run_id>/` (temp name + rename)."""
     filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
     folder = f"{root.rstrip('/')}/{run_id}"
     filesystem.create_dir(folder, recursive=True)
-    name = f"{writer or 'rows'}-{uuid.uuid4().hex[:8]}.parquet"
-    table = pa.Table.from_pylist([asdict(r) for r in rows])
+    name = f"{writer}.parquet" if exact_name else f"{writer}-{uuid.uuid4().hex[:8]}.parquet"
     tmp, final = f"{folder}/.{name}.tmp", f"{folder}/{name}"
     pq.write_table(table, tmp, filesystem=filesystem)
     filesystem.move(tmp, final)
     return final
+
+
+def result_exists(storage: str, run_id: str, writer: str) -> bool:
+    """Whether an exact-named result file is already written (a finished work unit)."""
+    filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
+    path = f"{root.rstrip('/')}/{run_id}/{writer}.parquet"
+    return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
 def read_rows(paths: list[str]):
@@ -94,6 +113,8 @@ def read_rows(paths: list[str]):
     for path in paths:
         filesystem, root = pafs.FileSystem.from_uri(_as_uri(path))
         for file in _parquet_files(filesystem, root):
+            if Path(file).name.startswith("diagnostics-"):
+                continue  # per-token diagnostics: another table (see read_diagnostics)
             frames.append(pq.read_table(file, filesystem=filesystem).to_pandas())
     if not frames:
         raise TapsError(f"no result files (*.parquet) found under {', '.join(paths)}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from taps_ray.config.schema import EvaluationConfig, TreeConfig
 from taps_ray.data.mixture import benchmark_subset
 from taps_ray.decoding.proposer import DrafterSession
-from taps_ray.decoding.strategies import make_strategy
+from taps_ray.decoding.strategies import strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.evaluation.replay import (
     ReplayPrompt,
@@ -49,12 +49,24 @@ def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree:
     runner = TargetRunner(target.model)
     head = runner.lm_head.weight
     sessions = {name: DrafterSession(d, runner.embed, head) for name, d in drafters.items()}
+    prepared = {}  # candidate label -> sessions of the drafters its strategy runs
+    for cand in candidates:
+        options = cand.options or {}
+        kind = strategy_class(cand.strategy, options)
+        chosen = [drafters[n] for n in cand.drafter_names]
+        combined = kind.prepare_drafters(chosen, **options)
+        if all(a is b for a, b in zip(combined, chosen, strict=False)) and len(combined) == len(
+            chosen
+        ):
+            prepared[cand.label] = [sessions[n] for n in cand.drafter_names]
+        else:  # e.g. weight averaging made a new drafter
+            prepared[cand.label] = [DrafterSession(d, runner.embed, head) for d in combined]
     rows = []
     for item in _progress(prompts, progress):
         feats = teacher_features(runner, item)
         for cand in candidates:
-            chosen = [sessions[n] for n in cand.drafter_names]
-            strategy = make_strategy(cand.strategy, len(chosen), **(cand.options or {}))
+            chosen = prepared[cand.label]
+            strategy = strategy_class(cand.strategy)(len(chosen), **(cand.options or {}))
             start = time.perf_counter()
             result = replay(chosen, strategy, item, feats, tree)
             rows.append(_row(run_id, target, cand, item, result, tree, time.perf_counter() - start))
@@ -74,7 +86,7 @@ def _row(run_id, target, cand: Candidate, item: ReplayPrompt, result: ReplayResu
         wall_s=wall_s, tokens_per_s=len(item.continuation) / wall_s if wall_s else 0.0,
         verify_tokens_per_step=sum(result.verify_tokens) / steps, accepted_by_depth=by_depth,
         route_counts=route_counts_json(result.routes, cand.drafter_names),
-        total_tokens=tree.total_tokens, depth=tree.depth, top_k=tree.top_k,
+        total_tokens=tree.total_tokens, depth=tree.depth, top_k=tree.top_k, mode="replay",
     )
 
 

@@ -30,14 +30,9 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
 
 def check_same_architecture(drafters: Sequence[EagleDrafter]) -> None:
     """Same parameter names and shapes, and the same draft vocabulary, or a TapsError."""
-    ref = drafters[0].state_dict()
+    ref = _weights(drafters[0])
     for k, drafter in enumerate(drafters[1:], start=1):
-        if not _same_vocab(drafters[0].draft_vocab, drafter.draft_vocab):
-            raise TapsError(
-                f"drafter {k} has another draft vocabulary than drafter 0; average only drafters "
-                "trained with the same drafter.draft_vocab_size and data"
-            )
-        state = drafter.state_dict()
+        state = _weights(drafter)
         if state.keys() != ref.keys() or any(state[n].shape != ref[n].shape for n in ref):
             raise TapsError(
                 f"drafter {k} has another architecture than drafter 0; average only drafters "
@@ -53,19 +48,35 @@ def average_drafters(
         raise TapsError("averaging needs at least one drafter; pass one or more drafter folders")
     check_same_architecture(drafters)
     w = normalised_weights(weights, len(drafters))
-    states = [d.state_dict() for d in drafters]
+    states = [_weights(d) for d in drafters]
     merged = {}
     for name, ref in states[0].items():
-        if not ref.is_floating_point():
-            merged[name] = ref.clone()  # e.g. the draft-vocab id map, equal in all
-            continue
         parts = zip(w, states, strict=True)
         acc = sum(wk * s[name].to(ref.device, torch.float32) for wk, s in parts)
         merged[name] = acc.to(ref.dtype)
     out = copy.deepcopy(drafters[0])
-    out.load_state_dict(merged)
+    out.load_state_dict(merged, strict=False)
+    vocab = union_vocab([d.draft_vocab for d in drafters])
+    out.draft_vocab = None if vocab is None else vocab.to(drafters[0].draft_vocab.device)
     out.meta = _averaged_meta(drafters, w)
+    out.meta.draft_vocab_size = out.draft_vocab_size
     return out
+
+
+def union_vocab(vocabs: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """Sorted union of reduced draft vocabularies; None (full) if any drafter uses the full one.
+
+    The head scores with the target's frozen LM head, so drafters trained with different reduced
+    vocabularies average fine over the union of their rows.
+    """
+    if any(v is None for v in vocabs):
+        return None
+    return torch.unique(torch.cat([v.cpu() for v in vocabs]))
+
+
+def _weights(drafter: EagleDrafter) -> dict[str, torch.Tensor]:
+    """The trained parameters (fc + layer): the draft-vocab id map is not a weight."""
+    return {k: v for k, v in drafter.state_dict().items() if k != "draft_vocab"}
 
 
 def _averaged_meta(drafters: Sequence[EagleDrafter], weights: list[float]) -> DrafterMeta:
@@ -74,9 +85,3 @@ def _averaged_meta(drafters: Sequence[EagleDrafter], weights: list[float]) -> Dr
     method = methods.pop() if len(methods) == 1 else "mixed"
     extra = {"averaged": [m.name for m in metas], "weights": weights}
     return replace(metas[0], name=f"mixavg-{method}", method=method, data={}, extra=extra)
-
-
-def _same_vocab(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))

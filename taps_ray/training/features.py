@@ -77,7 +77,7 @@ class FeatureSpec:
         return cls(str(target.name), target_hash(target), fingerprint, data, dtype)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "data": self.data.as_dict()}  # the data spec drops unused keys
 
     def key(self) -> str:
         blob = json.dumps(self.as_dict(), sort_keys=True)

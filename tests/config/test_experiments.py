@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from taps_ray.config import ExperimentConfig, load_config
+from taps_ray.config import BenchConfig, ExperimentConfig, load_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "experiments").rglob("*.yaml"))
+ALL = sorted((Path(__file__).parents[2] / "experiments").rglob("*.yaml"))
+CONFIGS = [p for p in ALL if not p.name.startswith(("bench_", "sweep_"))]
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if p.name.startswith("bench_")],
+                         ids=lambda p: p.name)
+def test_bench_config_is_valid(path):
+    cfg = load_config(BenchConfig, path)
+    assert cfg.drafter_sets and cfg.strategies
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -44,15 +44,22 @@ def test_bad_weights_are_user_errors(target, weights):
         average_drafters([a, b], weights)
 
 
-def test_other_architecture_or_vocab_is_rejected(target):
+def test_other_architecture_is_rejected(target):
     a = untrained_drafter(target, seed=1)
     with pytest.raises(TapsError, match="architecture"):
         average_drafters([a, untrained_drafter(tiny_target("qwen3"), seed=1)])
-    reduced = untrained_drafter(target, seed=1, draft_vocab_size=8)
-    with pytest.raises(TapsError, match="draft vocabulary"):
-        average_drafters([reduced, untrained_drafter(target, seed=1, draft_vocab_size=9)])
-    with pytest.raises(TapsError, match="draft vocabulary"):
-        average_drafters([a, reduced])
+
+
+def test_different_draft_vocabularies_average_over_their_union(target):
+    small = untrained_drafter(target, seed=1, draft_vocab_size=8)
+    small.draft_vocab = torch.tensor([0, 2, 4, 6, 8, 10, 12, 14])
+    other = untrained_drafter(target, seed=2, draft_vocab_size=8)  # ids 0..7
+    merged = average_drafters([small, other])
+    assert merged.draft_vocab.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14]
+    assert merged.meta.draft_vocab_size == 12
+    torch.testing.assert_close(merged.fc.weight, (small.fc.weight + other.fc.weight) / 2)
+    full = average_drafters([small, untrained_drafter(target, seed=3)])
+    assert full.draft_vocab is None  # one full-vocabulary drafter: the union is everything
 
 
 def test_no_drafters_is_a_user_error():

@@ -1,0 +1,75 @@
+"""`taps-ray bench CONFIG [key=value ...] [--ray [--address ADDR]]`: the benchmark matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser(
+        "bench", help="drafter sets x strategies x benchmarks x temperatures -> result rows"
+    )
+    bench.add_argument("config", help="bench YAML (see experiments/bench_*.yaml)")
+    bench.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seed=1")
+    bench.add_argument("--ray", action="store_true",
+                       help="spread the work units over a Ray cluster's workers")
+    bench.add_argument("--address", default=None,
+                       help="Ray address (default: start a local Ray, or RAY_ADDRESS)")
+    bench.add_argument("--workers", type=int, default=0,
+                       help="with --ray: worker actors (default: one per available CPU slot)")
+    bench.add_argument("--json", action="store_true", help="print the pooled tau table as JSON")
+    bench.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from taps_ray.config import BenchConfig, load_config
+    from taps_ray.evaluation.bench import run_bench
+    from taps_ray.evaluation.report import tau_table, to_markdown
+    from taps_ray.evaluation.results import read_rows
+
+    cfg = load_config(BenchConfig, args.config, args.overrides)
+    if args.ray:
+        from taps_ray.distributed.bench import run_bench_ray
+
+        run_id, written = run_bench_ray(cfg, address=args.address, workers=args.workers)
+    else:
+        from taps_ray.models.target import load_target
+
+        target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
+        run_id, written = run_bench(cfg, lambda name: load_drafter_set(cfg, name, target),
+                                    target)
+    folder = f"{cfg.results_dir.rstrip('/')}/{run_id}"
+    df = read_rows([folder])
+    tables = {}
+    for (temp, mode), part in df.groupby(["temperature", "mode"]):
+        tables[f"T={temp:g} {mode}"] = tau_table(part)
+    if args.json:
+        print(json.dumps({k: t.round(4).to_dict(orient="index") for k, t in tables.items()}))
+    else:
+        for name, table in tables.items():
+            print(f"\n### pooled tau, {name}\n\n{to_markdown(table)}")
+        print(f"\n{written} new rows ({len(df)} in all) -> {folder}")
+    del pd
+    return 0
+
+
+def load_drafter_set(cfg, name: str, target) -> dict:
+    """name -> drafter for one set; 'untrained' entries are random heads (smoke runs)."""
+    from taps_ray.errors import TapsError
+    from taps_ray.models.drafter import load_drafter, untrained_drafter
+
+    drafters = {}
+    for k, spec in enumerate(cfg.drafter_sets[name]):
+        if spec == "untrained":
+            drafter = untrained_drafter(target, seed=k)
+            drafter.meta.name, drafter.meta.method = f"untrained{k}-eagle2", "eagle2"
+        else:
+            drafter = load_drafter(spec, target)
+        if drafter.meta.name in drafters:
+            raise TapsError(f"drafter set '{name}' holds two drafters named "
+                            f"'{drafter.meta.name}'; train them with distinct drafter.name")
+        drafters[drafter.meta.name] = drafter
+    return drafters

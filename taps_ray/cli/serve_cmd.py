@@ -1,0 +1,138 @@
+"""`taps-ray serve CONFIG`: an OpenAI-compatible endpoint on Ray Serve.
+
+CONFIG is one of:
+- a Serve config file (`serve_apps/*.yaml`: http_options + applications), the same file
+  `serve run` / `serve deploy` take;
+- a sweep's best configuration (`DIR/best_config.yaml`: target, drafters, strategy,
+  strategy_options, tree);
+- a ServeConfig mapping (the `args:` of a Serve app, see taps_ray/serving/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from taps_ray.config.loader import apply_overrides, load_yaml
+from taps_ray.errors import TapsError
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000  # loopback unless the config says otherwise
+_APP_KEYS = {"name", "route_prefix", "import_path", "args"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve an OpenAI-compatible endpoint (Ray Serve)")
+    p.add_argument("config", help="serve_apps/*.yaml, or a sweep's best_config.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the app args")
+    p.add_argument("--host", help=f"bind address (default: config, else {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, help=f"port (default: config, else {DEFAULT_PORT})")
+    p.add_argument("--check", action="store_true", help="validate, print the plan, serve nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    http, apps = read_plan(Path(args.config), args.overrides)
+    http = {**http, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v}}
+    builds = [(app, _builder(app["import_path"])) for app in apps]
+    if args.check:
+        return _print_plan(http, builds)
+    import ray
+    from ray import serve
+
+    _check_keys(builds)
+    try:
+        serve.start(http_options=http)
+        for app, builder in builds:
+            name, prefix = app.get("name", "default"), app.get("route_prefix", "/")
+            serve.run(builder(app.get("args", {})), name=name, route_prefix=prefix)
+        print(f"serving at http://{http['host']}:{http['port']}/v1 (Ctrl-C stops)", flush=True)
+        _wait_for_signal()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _wait_for_signal() -> None:
+    """Block until Ctrl-C or SIGTERM (so `kill` also shuts Serve and Ray down cleanly)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+
+
+def read_plan(path: Path, overrides: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(http_options, applications) of any CONFIG kind; overrides apply to every app's args."""
+    from taps_ray.serving.config import BEST_CONFIG_KEYS
+
+    data = load_yaml(path)
+    if "applications" in data:
+        http = {"host": DEFAULT_HOST, "port": DEFAULT_PORT, **(data.get("http_options") or {})}
+        apps = [_serve_app(path, i, app) for i, app in enumerate(data["applications"] or [])]
+    else:
+        args = {"best_config": str(path)} if set(data) <= BEST_CONFIG_KEYS else data
+        apps = [{"name": "taps", "import_path": "taps_ray.serving.app:build_app", "args": args}]
+        http = {"host": DEFAULT_HOST, "port": DEFAULT_PORT}
+    if not apps:
+        raise TapsError(f"config '{path}' lists no applications; add one under 'applications'")
+    for app in apps:
+        app["args"] = apply_overrides(app.get("args") or {}, overrides)
+    return http, apps
+
+
+def _serve_app(path: Path, i: int, app: Any) -> dict[str, Any]:
+    if not isinstance(app, dict) or "import_path" not in app:
+        raise TapsError(f"{path}: applications[{i}] needs an import_path")
+    extra = sorted(set(app) - _APP_KEYS)
+    if extra:
+        raise TapsError(
+            f"{path}: applications[{i}].{extra[0]} is not read by taps-ray serve (it reads "
+            f"{', '.join(sorted(_APP_KEYS))}); use `serve run {path}` for the full Serve schema"
+        )
+    return dict(app)
+
+
+def _builder(import_path: str):
+    module, _, attr = import_path.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise TapsError(
+            f"import_path '{import_path}' is not importable; use module:function"
+        ) from None
+
+
+def _check_keys(builds: list) -> None:
+    """An API key env var named in the config must be set here (Ray's workers inherit it)."""
+    import os
+
+    for app, _ in builds:
+        name = (app.get("args") or {}).get("api_key_env")
+        if name and not os.environ.get(name, "").strip():
+            raise TapsError(f"api_key_env names '{name}' but it is unset; export {name} first")
+
+
+def _print_plan(http: dict[str, Any], builds: list) -> int:
+    from taps_ray.config.loader import to_dict
+    from taps_ray.serving.config import load_serve_config, missing_folders, resolve_config
+
+    print(f"http: {http['host']}:{http['port']}")
+    for app, _ in builds:
+        print(f"app {app.get('name', 'default')} at {app.get('route_prefix', '/')}:")
+        if app["import_path"].endswith("serving.app:build_app"):
+            config = resolve_config(load_serve_config(app["args"]))
+            for key, value in to_dict(config).items():
+                print(f"  {key}: {value}")
+            for folder in missing_folders(config.drafters):
+                print(f"  missing drafter folder: {folder}")
+    return 0

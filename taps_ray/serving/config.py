@@ -1,0 +1,162 @@
+"""Serving configuration: the typed args of `build_app`, and a sweep's best-configuration file.
+
+`ServeConfig` is what a Serve YAML passes as `args:` (strict: unknown keys are errors that list
+the valid ones). `BestConfig` is the small file a sweep writes for the configuration it chose;
+`ServeConfig.best_config` points at one, and `taps-ray serve DIR/best_config.yaml` serves it.
+Paths are made absolute once, in `resolve_config`, so replicas never read relative paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from taps_ray.config.loader import from_dict, load_yaml, save_config
+from taps_ray.config.schema import DEFAULT_TARGET, TreeConfig
+from taps_ray.errors import TapsError
+
+PLAIN = "none"  # strategy name for plain autoregressive decoding (no drafters)
+
+
+@dataclass
+class BestConfig:
+    """What a sweep chose. Relative drafter paths: next to the YAML first, then the working dir."""
+
+    target: str = DEFAULT_TARGET  # alias, hub id or local HF folder
+    drafters: list[str] = field(default_factory=list)  # drafter folders, in route order
+    strategy: str = "single"  # a name in taps_ray.decoding.strategies, or "none"
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # e.g. {granularity: prompt}
+    tree: TreeConfig = field(default_factory=TreeConfig)  # draft tree shape verified per step
+
+
+BEST_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(BestConfig))
+
+
+def load_best_config(path: str | Path) -> BestConfig:
+    try:
+        return from_dict(BestConfig, load_yaml(path))
+    except TapsError as err:
+        raise TapsError(f"best configuration '{path}': {err}") from None
+
+
+def save_best_config(config: BestConfig, path: str | Path) -> None:
+    """Write atomically (temp name, then rename): a sweep's output is never half-written."""
+    save_config(config, path)
+
+
+@dataclass
+class ServeConfig:
+    """Arguments of `build_app`: what to serve and how much load one replica takes."""
+
+    target: str = DEFAULT_TARGET  # alias, hub id or local HF folder; loaded once per replica
+    model_name: str = ""  # id clients send as `model`; empty: the target's name
+    drafters: list[str] = field(default_factory=list)  # drafter folders (names come from them)
+    strategy: str = PLAIN  # default strategy; "none" = plain decoding
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # options of that strategy
+    tree: TreeConfig = field(default_factory=TreeConfig)  # draft tree (smaller is faster on CPU)
+    best_config: str = ""  # a sweep's best_config.yaml; replaces target..tree above
+    missing_drafters: Literal["error", "plain"] = "error"  # "plain": serve none until they exist
+    device: str | None = None  # None: cuda if available, else cpu
+    default_max_tokens: int = 128  # when a request gives no max_tokens
+    max_tokens_limit: int = 1024  # larger max_tokens get 400 (bounds one request's cost)
+    max_context: int = 0  # prompt + max_tokens limit; 0: the target's max_position_embeddings
+    api_key_env: str = ""  # name of an env var holding the API key; empty: no auth
+    engines_per_replica: int = 1  # requests decoded at once per replica (threads)
+    torch_threads: int = 0  # intra-op threads per replica; 0: torch's default
+    num_replicas: int = 1  # fixed replica count (ignored when autoscaling is set)
+    autoscaling: dict[str, Any] = field(default_factory=dict)  # Serve autoscaling_config; {}: off
+    max_ongoing_requests: int = 4  # per replica; more wait in Serve's queue
+    max_queued_requests: int = 32  # beyond this Serve answers 503 + Retry-After; -1: no limit
+    replica_cpus: float = 1.0  # CPUs Ray reserves per replica
+    health_check_period_s: float = 10.0  # how often Serve calls check_health
+
+    def __post_init__(self) -> None:
+        for key in ("default_max_tokens", "max_tokens_limit", "engines_per_replica"):
+            _at_least(key, getattr(self, key), 1)
+        for key in ("num_replicas", "max_ongoing_requests"):
+            _at_least(key, getattr(self, key), 1)
+        _at_least("max_context", self.max_context, 0)
+        _at_least("torch_threads", self.torch_threads, 0)
+        _at_least("max_queued_requests", self.max_queued_requests, -1)
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must be <= max_tokens_limit; lower it too")
+        if self.replica_cpus < 0 or self.health_check_period_s <= 0:
+            raise ValueError("replica_cpus must be >= 0 and health_check_period_s > 0")
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or Path(self.target.rstrip("/")).name
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{key} must be >= {low}, got {value}")
+
+
+def load_serve_config(args: dict[str, Any] | ServeConfig) -> ServeConfig:
+    """Strict: unknown keys and wrong types are TapsErrors naming the key."""
+    return args if isinstance(args, ServeConfig) else from_dict(ServeConfig, dict(args))
+
+
+def resolve_config(config: ServeConfig, cwd: Path | None = None) -> ServeConfig:
+    """Merge the best configuration in and make drafter paths absolute; check the strategy."""
+    cwd = Path.cwd() if cwd is None else cwd
+    if config.best_config:
+        path = _absolute(config.best_config, [cwd])
+        best = load_best_config(path)
+        drafters = [str(_absolute(d, [path.parent, cwd])) for d in best.drafters]
+        chosen = {k: getattr(best, k) for k in BEST_CONFIG_KEYS}
+        chosen.update(drafters=drafters, best_config=str(path))
+        config = dataclasses.replace(config, **chosen)
+    else:
+        config = dataclasses.replace(
+            config, drafters=[str(_absolute(d, [cwd])) for d in config.drafters]
+        )
+    check_strategy(config.strategy, config.strategy_options)
+    if config.strategy != PLAIN and not config.drafters:
+        raise TapsError(f"strategy '{config.strategy}' needs drafters; list drafter folders")
+    return config
+
+
+def check_strategy(name: str, options: dict) -> None:
+    """A TapsError listing the valid names (and options) unless `name` is servable."""
+    from taps_ray.decoding.strategies import strategy_class, strategy_names
+
+    if name == PLAIN:
+        return
+    if name not in strategy_names():
+        valid = ", ".join([PLAIN, *strategy_names()])
+        raise TapsError(f"unknown strategy '{name}'; valid: {valid}")
+    strategy_class(name, options)
+
+
+def _absolute(path: str, bases: list[Path]) -> Path:
+    """`path` itself when absolute, else the first base holding it (the first base if none)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    for base in bases:
+        if (base / p).exists():
+            return (base / p).resolve()
+    return (bases[0] / p).resolve()
+
+
+def missing_folders(paths: list[str]) -> list[str]:
+    return [p for p in paths if not Path(p).is_dir()]
+
+
+def deployment_options(config: ServeConfig) -> dict[str, Any]:
+    """Options for `serve.deployment(...).options(...)`: capacity, scaling, health checks."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_queued_requests": config.max_queued_requests,
+        "ray_actor_options": {"num_cpus": config.replica_cpus},
+        "health_check_period_s": config.health_check_period_s,
+    }
+    if config.autoscaling:
+        options["autoscaling_config"] = dict(config.autoscaling)
+    else:
+        options["num_replicas"] = config.num_replicas
+    return options

@@ -1,0 +1,316 @@
+"""The Serve app on loopback, driven by the official `openai` client, on the real default target.
+
+Serve starts once for the module with two apps: `open` at / (two untrained drafters saved to a
+tmp folder, route-confidence, two decoding threads per replica) and `secured` at /secured (plain
+decoding, API key from an env var). Greedy output through the service must equal the engine's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from taps_ray.config.schema import TreeConfig
+from taps_ray.data.records import Message
+from taps_ray.data.render import render_prompt
+from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
+from taps_ray.decoding.sampling import SamplingParams
+from taps_ray.models.drafter import load_drafter, save_drafter, untrained_drafter
+
+openai = pytest.importorskip("openai")
+
+MODEL = "smollm2-135m-instruct"
+TREE = TreeConfig(8, 3, 4)  # small: the test runs on 2 busy CPU cores
+KEY_ENV, KEY = "TAPS_TEST_SERVE_KEY", "test-key-123"
+NAMES = ("math-test", "chat-test")
+QUESTION = "What is 12 times 7? Answer briefly."
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # Ray's own pydantic fields
+]
+
+
+@pytest.fixture(scope="module")
+def target():
+    from taps_ray.models.target import load_target
+
+    return load_target(MODEL)
+
+
+@pytest.fixture(scope="module")
+def drafter_dirs(target, tmp_path_factory):
+    root = tmp_path_factory.mktemp("drafters")
+    paths = []
+    for seed, name in enumerate(NAMES):
+        drafter = untrained_drafter(target, seed)
+        meta = dataclasses.replace(drafter.meta, name=name)
+        paths.append(str(save_drafter(drafter, root / name, meta)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def base_url(drafter_dirs):
+    import ray
+    from ray import serve
+
+    from taps_ray.serving.app import build_app
+
+    os.environ[KEY_ENV] = KEY  # before ray.init: the replicas inherit the environment
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = dict(replica_cpus=0.5, torch_threads=1, max_tokens_limit=64, default_max_tokens=16)
+    serve.run(build_app(dict(drafters=drafter_dirs, strategy="route-confidence", tree=_tree(),
+                             max_context=256, engines_per_replica=2, **common)),
+              name="open", route_prefix="/")
+    serve.run(build_app(dict(api_key_env=KEY_ENV, model_name="secured", **common)),
+              name="secured", route_prefix="/secured")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def engine(target, drafter_dirs):
+    drafters = [load_drafter(p, target) for p in drafter_dirs]
+    return SpeculativeEngine(target, drafters, TREE, "route-confidence")
+
+
+def _tree() -> dict:
+    return dataclasses.asdict(TREE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chat(client, content: str = QUESTION, **kwargs):
+    kwargs = {"max_tokens": 12, "temperature": 0, **kwargs}
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
+    )
+
+
+def post(url: str, body: bytes | dict, headers: dict | None = None, method: str = "POST"):
+    """(status, parsed JSON or raw text) of a raw HTTP request."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data if method == "POST" else None, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            status, raw = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read().decode()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def test_models_and_healthz(client, base_url):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    assert models[0].model_extra["drafters"] == list(NAMES)
+    assert post(f"{base_url}/healthz", b"", method="GET") == (200, {"status": "ok"})
+
+
+def test_chat_greedy_equals_engine(client, target, engine):
+    response = chat(client)
+    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
+    result = engine.generate(prompt, SamplingParams(), 12)
+    expected = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
+    assert response.choices[0].message.content == expected
+    usage = response.usage
+    assert usage.completion_tokens == len(result.tokens) and usage.prompt_tokens == len(prompt)
+    assert usage.model_extra["tau"] == round(result.tau, 4)
+    assert usage.model_extra["steps"] == len(result.steps)
+    assert usage.model_extra["drafted"] >= usage.model_extra["accepted"] >= 0
+    assert sum(usage.model_extra["routes"].values()) == len(result.steps)
+
+
+def test_plain_strategy_and_drafter_subset(client, target):
+    plain = chat(client, extra_body={"strategy": "none"})
+    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
+    expected = generate_plain(target, prompt, SamplingParams(), 12).tokens
+    assert plain.choices[0].message.content == target.tokenizer.decode(
+        expected, skip_special_tokens=True)
+    assert plain.usage.model_extra["drafted"] == 0
+    single = chat(client, extra_body={"strategy": "single", "drafters": ["chat-test"]})
+    assert single.choices[0].message.content == plain.choices[0].message.content  # lossless
+    assert list(single.usage.model_extra["routes"]) == ["chat-test"]
+
+
+def test_chat_streaming_matches_whole_response(client):
+    whole = chat(client).choices[0].message.content
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert "tau" in chunks[-1].usage.model_extra
+
+
+def test_completions_and_streaming(client, target, engine):
+    prompt = "The capital of France is"
+    response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0)
+    result = engine.generate(target.tokenizer(prompt)["input_ids"], SamplingParams(), 8)
+    expected = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
+    assert response.choices[0].text == expected
+    stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0,
+                                       stream=True)
+    assert "".join(c.choices[0].text for c in stream) == expected
+
+
+def test_raw_sse_wire_format(base_url):
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "stream": True}
+    status, raw = post(f"{base_url}/v1/completions", body)
+    events = [e for e in raw.split("\n\n") if e]
+    assert status == 200 and all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[0][len("data: "):])["object"] == "text_completion"
+
+
+def test_stop_strings_cut_the_output(client):
+    full = chat(client, max_tokens=16).choices[0].message.content
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = chat(client, max_tokens=16, stop=[stop, "never-seen"]).choices[0]
+    assert cut.message.content == full[: full.index(stop)] and cut.finish_reason == "stop"
+    streamed = chat(client, max_tokens=16, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == cut.message.content
+
+
+def test_sampling_with_seed_is_reproducible(client):
+    first = chat(client, temperature=0.8, top_p=0.9, seed=5, max_tokens=8)
+    second = chat(client, temperature=0.8, top_p=0.9, seed=5, max_tokens=8)
+    assert first.choices[0].message.content == second.choices[0].message.content
+
+
+CHAT_URL, COMPLETIONS_URL = "/v1/chat/completions", "/v1/completions"
+USER = [{"role": "user", "content": "hi"}]
+BAD_REQUESTS = [  # (path, body, expected status)
+    (CHAT_URL, b"{not json", 400),
+    (CHAT_URL, b"", 400),
+    (CHAT_URL, b"[1, 2]", 400),
+    (CHAT_URL, {"model": MODEL}, 400),
+    (CHAT_URL, {"messages": "hello"}, 400),
+    (CHAT_URL, {"messages": []}, 400),
+    (CHAT_URL, {"messages": {"role": "user"}}, 400),
+    (CHAT_URL, {"messages": [{"role": "wizard", "content": "x"}]}, 400),
+    (CHAT_URL, {"messages": [{"role": "user"}]}, 400),
+    (CHAT_URL, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400),
+    (CHAT_URL, {"messages": USER, "model": "gpt-4"}, 404),
+    (CHAT_URL, {"messages": USER, "max_tokens": 0}, 400),
+    (CHAT_URL, {"messages": USER, "max_tokens": -3}, 400),
+    (CHAT_URL, {"messages": USER, "max_tokens": 65}, 400),
+    (CHAT_URL, {"messages": USER, "max_tokens": 10**30}, 400),
+    (CHAT_URL, {"messages": USER, "max_tokens": "ten"}, 400),
+    (CHAT_URL, {"messages": USER, "temperature": -1}, 400),
+    (CHAT_URL, b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
+    (CHAT_URL, {"messages": USER, "top_p": 2}, 400),
+    (CHAT_URL, {"messages": USER, "seed": -5}, 400),
+    (CHAT_URL, {"messages": USER, "stop": 7}, 400),
+    (CHAT_URL, {"messages": USER, "n": 3}, 400),
+    (CHAT_URL, {"messages": USER, "stream": "yes"}, 400),
+    (CHAT_URL, {"messages": USER, "stream": True, "max_tokens": 0}, 400),
+    (CHAT_URL, {"messages": USER, "strategy": "fastest"}, 400),
+    (CHAT_URL, {"messages": USER, "drafters": ["nope"]}, 400),
+    (CHAT_URL, {"messages": USER, "drafters": []}, 400),
+    (CHAT_URL, {"messages": [{"role": "user", "content": "hello " * 300}]}, 400),  # context
+    (COMPLETIONS_URL, {"model": MODEL}, 400),
+    (COMPLETIONS_URL, {"prompt": ""}, 400),
+    (COMPLETIONS_URL, {"prompt": [999999]}, 400),
+    (COMPLETIONS_URL, {"prompt": ["a", "b"]}, 400),
+    ("/v1/nothing", {"messages": USER}, 404),
+]
+
+
+@pytest.mark.parametrize("path, body, status", BAD_REQUESTS)
+def test_bad_request_then_good_one(base_url, client, path, body, status):
+    got, payload = post(base_url + path, body)
+    assert got == status, payload
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["message"]
+    assert chat(client, max_tokens=2).choices[0].message.content is not None
+
+
+def test_wrong_method_is_405_with_error_body(base_url, client):
+    status, payload = post(base_url + CHAT_URL, b"", method="GET")
+    assert status == 405 and payload["error"]["code"] == "method_not_allowed"
+    assert chat(client, max_tokens=2).usage.completion_tokens == 2
+
+
+def test_requests_run_concurrently(client):
+    spans = {}
+
+    def stream(i: int) -> None:
+        start = time.perf_counter()
+        chunks = chat(client, "Count from 1 to 100, separated by commas.", max_tokens=24,
+                      stream=True)
+        times = [time.perf_counter() for c in chunks if c.choices and c.choices[0].delta.content]
+        spans[i] = (start, times[0], times[-1])
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # decoding overlapped: each request had text before the other one finished
+    assert spans[0][1] < spans[1][2] and spans[1][1] < spans[0][2]
+
+
+def test_api_key(base_url):
+    url = f"{base_url}/secured/v1"
+    status, payload = post(f"{url}/chat/completions", {"messages": USER})
+    assert status == 401 and payload["error"]["code"] == "missing_api_key"
+    wrong = openai.OpenAI(base_url=url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        wrong.models.list()
+    assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
+    assert KEY not in json.dumps(err.value.body)
+    good = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
+    assert [m.id for m in good.models.list().data] == ["secured"]
+    reply = good.chat.completions.create(model="secured", messages=USER, max_tokens=3)
+    assert reply.usage.completion_tokens == 3
+    assert post(f"{base_url}/secured/healthz", b"", method="GET")[0] == 200  # probes need no key
+
+
+def test_crashed_replica_is_replaced(base_url):
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith("SERVE_REPLICA::secured#")]
+    assert len(names) == 1
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    good = openai.OpenAI(base_url=f"{base_url}/secured/v1", api_key=KEY, max_retries=0,
+                         timeout=60)
+    deadline = time.monotonic() + 150
+    while True:  # Serve notices the dead replica and starts a new one (models load again)
+        try:
+            reply = good.chat.completions.create(model="secured", messages=USER, max_tokens=2)
+            break
+        except openai.APIError:
+            assert time.monotonic() < deadline, "no replacement replica in 150 s"
+            time.sleep(2)
+    assert reply.usage.completion_tokens == 2
+    renamed = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("SERVE_REPLICA::secured#")]
+    assert renamed and renamed != names

@@ -1,0 +1,116 @@
+"""Serving configs: strict app args, the best-configuration schema, CLI plans. No model, no Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taps_ray.cli import main
+from taps_ray.cli.serve_cmd import read_plan
+from taps_ray.config.schema import TreeConfig
+from taps_ray.errors import TapsError
+from taps_ray.serving.config import (
+    BestConfig,
+    ServeConfig,
+    deployment_options,
+    load_best_config,
+    load_serve_config,
+    resolve_config,
+    save_best_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_and_mistyped_keys_are_errors():
+    with pytest.raises(TapsError, match="unknown config key 'replicas'"):
+        load_serve_config({"replicas": 2})
+    with pytest.raises(TapsError, match="max_ongoing_requests"):
+        load_serve_config({"max_ongoing_requests": "many"})
+    with pytest.raises(TapsError, match="default_max_tokens"):
+        load_serve_config({"default_max_tokens": 50, "max_tokens_limit": 10})
+
+
+def test_strategy_is_checked():
+    with pytest.raises(TapsError, match="unknown strategy 'fastest'; valid: none, "):
+        resolve_config(ServeConfig(strategy="fastest", drafters=["d"]))
+    with pytest.raises(TapsError, match="needs drafters"):
+        resolve_config(ServeConfig(strategy="single"))
+    with pytest.raises(TapsError, match="no option 'budget'"):
+        resolve_config(ServeConfig(strategy="single", drafters=["d"],
+                                   strategy_options={"budget": "sum"}))
+
+
+def test_drafter_paths_become_absolute(tmp_path):
+    config = resolve_config(ServeConfig(strategy="single", drafters=["a/b"]), cwd=tmp_path)
+    assert config.drafters == [str(tmp_path / "a" / "b")]
+
+
+def test_best_config_round_trip_and_resolution(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "trial" / "drafter").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    best = BestConfig(drafters=["trial/drafter", "elsewhere"], strategy="merged",
+                      strategy_options={"budget": "matched"}, tree=TreeConfig(8, 3, 4))
+    save_best_config(best, sweep / "best_config.yaml")
+    assert load_best_config(sweep / "best_config.yaml") == best
+    config = resolve_config(ServeConfig(best_config="sweep/best_config.yaml", num_replicas=2),
+                            cwd=tmp_path)
+    # next to the YAML first, then the working directory
+    assert config.drafters == [str(sweep / "trial" / "drafter"), str(tmp_path / "elsewhere")]
+    assert (config.strategy, config.tree, config.num_replicas) == ("merged", best.tree, 2)
+
+
+def test_bad_best_config_names_the_file(tmp_path):
+    path = tmp_path / "best_config.yaml"
+    path.write_text("strategy: merged\ntrees: {}\n")
+    with pytest.raises(TapsError, match="best_config.yaml.*unknown config key 'trees'"):
+        load_best_config(path)
+
+
+def test_deployment_options():
+    fixed = deployment_options(ServeConfig(num_replicas=2, max_queued_requests=5))
+    assert fixed["num_replicas"] == 2 and fixed["max_queued_requests"] == 5
+    assert fixed["ray_actor_options"] == {"num_cpus": 1.0}
+    scaled = deployment_options(ServeConfig(autoscaling={"min_replicas": 1, "max_replicas": 3}))
+    assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 3
+
+
+def test_default_app_config_resolves():
+    http, apps = read_plan(REPO / "serve_apps" / "default.yaml", [])
+    assert http == {"host": "127.0.0.1", "port": 8000}
+    config = resolve_config(load_serve_config(apps[0]["args"]), cwd=REPO)
+    assert config.strategy == "route-confidence" and config.missing_drafters == "plain"
+    assert config.served_name == "smollm2-135m-instruct"
+    assert config.drafters[0].endswith("runs/quickstart/drafters/math-eagle2")
+
+
+def test_every_shipped_serve_app_is_valid():
+    for path in sorted((REPO / "serve_apps").glob("*.yaml")):
+        _, apps = read_plan(path, [])
+        for app in apps:
+            resolve_config(load_serve_config(app["args"]), cwd=REPO)
+
+
+def test_plan_kinds(tmp_path):
+    best = tmp_path / "best_config.yaml"
+    best.write_text(yaml.safe_dump({"strategy": "single", "drafters": ["d"]}))
+    http, apps = read_plan(best, ["num_replicas=2"])
+    assert http["host"] == "127.0.0.1"  # loopback unless the config says otherwise
+    assert apps[0]["args"] == {"best_config": str(best), "num_replicas": 2}
+    serve_file = tmp_path / "serve.yaml"
+    serve_file.write_text(yaml.safe_dump({"applications": [
+        {"import_path": "taps_ray.serving.app:build_app", "runtime_env": {}}]}))
+    with pytest.raises(TapsError, match="runtime_env is not read by taps-ray serve"):
+        read_plan(serve_file, [])
+
+
+def test_cli_check(tmp_path, capsys):
+    best = tmp_path / "best_config.yaml"
+    best.write_text(yaml.safe_dump({"strategy": "single", "drafters": ["missing"]}))
+    assert main(["serve", str(best), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy: single" in out and "missing drafter folder" in out
+    assert main(["serve", str(best), "oops=1", "--check"]) == 2
