@@ -156,7 +156,7 @@ def run_bench(cfg: BenchConfig, load_drafters: Callable[[str], dict], target,
     for unit in tqdm(units, desc="bench units", unit="unit", disable=not progress):
         if unit.drafter_set not in loaded:
             loaded = {unit.drafter_set: load_drafters(unit.drafter_set)}  # one set in memory
-        rows, diags = run_unit(unit, cfg, target, loaded[unit.drafter_set], run_id, False)
+        rows, diags = run_unit(unit, cfg, target, loaded[unit.drafter_set], run_id, progress)
         write_unit(cfg, unit, run_id, rows, diags)
         written += len(rows)
     return run_id, written
@@ -166,6 +166,10 @@ def _live(target, engine, cand: Candidate, records, unit: BenchUnit, cfg: BenchC
           run_id: str, diags: list[dict], progress: bool) -> list[ResultRow]:
     sampling = SamplingParams(temperature=unit.temperature)
     rows = []
+    if progress:
+        from tqdm import tqdm
+
+        records = tqdm(records, desc=f"live {cand.label}", unit="prompt", leave=False)
     for index, record in enumerate(records):
         answers: list[str] = []
         for turn in range(len(user_turns(record))):

@@ -95,4 +95,4 @@ def _progress(items, enabled: bool):
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc="replay", unit="prompt")
+    return tqdm(items, desc="replay", unit="prompt", leave=False)
