@@ -4,4 +4,4 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 ruff check taps_ray tests benchmarks
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=20 "$@"

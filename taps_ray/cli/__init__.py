@@ -16,6 +16,7 @@ _COMMANDS = (
     "taps_ray.cli.generate_cmd",
     "taps_ray.cli.report_cmd",
     "taps_ray.cli.serve_cmd",
+    "taps_ray.cli.sweep_cmd",
     "taps_ray.cli.train_cmd",
 )
 
@@ -34,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2; no tracebacks for bad input."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also come after --options (argparse stops the positional list)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+        "=" in e and not e.startswith("-") for e in extra
+    ):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -147,7 +147,7 @@ class SpeculativeEngine:
         prompt = _as_ids(prompt_ids, self.runner.device)
         root = self._prefill(prompt, sampling, gen)
         tokens, finished = clip_at_stop([root], stops, max_new_tokens)
-        yield Chunk(tokens, None, _reason(tokens, stops) if finished else None)
+        yield Chunk(list(tokens), None, _reason(tokens, stops) if finished else None)
         self.strategy.start()
         while not finished:
             stat, (committed, finished) = self._step(

@@ -29,9 +29,14 @@ class BestConfig:
     strategy: str = "single"  # a name in taps_ray.decoding.strategies, or "none"
     strategy_options: dict[str, Any] = field(default_factory=dict)  # e.g. {granularity: prompt}
     tree: TreeConfig = field(default_factory=TreeConfig)  # draft tree shape verified per step
+    metric: str = ""  # what the sweep ranked trials by (e.g. mean_tau); informational
+    value: float | None = None  # the best trial's metric value; informational
 
 
-BEST_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(BestConfig))
+# what a best configuration decides for the served app (metric and value are informational)
+BEST_CONFIG_KEYS = frozenset(
+    f.name for f in dataclasses.fields(BestConfig) if f.name not in ("metric", "value")
+)
 
 
 def load_best_config(path: str | Path) -> BestConfig:

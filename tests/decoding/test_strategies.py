@@ -157,9 +157,10 @@ def test_greedy_equals_plain_decoding_with_three_drafters(strategy, options):
 
 @pytest.mark.parametrize(
     ("strategy", "options"),
-    [("merged", {"budget": "sum"}), ("merged", {"budget": "matched"}),
+    [("merged", {"budget": "sum"}),
+     pytest.param("merged", {"budget": "matched"}, marks=pytest.mark.slow),
      ("route-confidence", {"granularity": "step"}), ("route-entropy", {"granularity": "step"}),
-     ("bandit", {})],
+     pytest.param("bandit", {}, marks=pytest.mark.slow)],
     ids=["merged-sum", "merged-matched", "route-confidence", "route-entropy", "bandit"],
 )
 def test_sampling_follows_the_target_law_with_three_drafters(strategy, options):

@@ -1,0 +1,122 @@
+"""One sweep trial as a Tune function trainable, and the data preparation before the trials.
+
+A trial trains in `<trial dir>/run` (the trial's local working folder). After every epoch the
+trainer writes its atomic checkpoint (`run/checkpoints/last`, itself a loadable drafter folder),
+then the epoch hook computes replay tau and hands that checkpoint to `tune.report`, which
+copies it to the sweep's storage. A restarted or resumed trial gets it back through
+`tune.get_checkpoint()` and the trainer continues from it (`resume=True`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from taps_ray.distributed.sweep import SweepConfig, data_specs, trial_config
+
+
+def sweep_trial(config: dict, base: dict) -> None:
+    """Tune trainable: train one drafter; report replay tau and a checkpoint every epoch."""
+    from taps_ray.evaluation.runner import replay_prompts
+    from taps_ray.models.target import load_target
+    from taps_ray.training.pipeline import train_from_config
+
+    cfg = trial_config(base, config)
+    cfg.output_dir = str(trial_output_dir())
+    resume = restore_checkpoint(Path(cfg.output_dir))
+    target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
+    prompts = replay_prompts(target, cfg.evaluation, progress=False)  # cached by prepare_data
+    hook = epoch_reporter(lambda drafter: replay_taus(target, drafter, cfg.tree, prompts),
+                          Path(cfg.output_dir))
+    train_from_config(cfg, target=target, resume=resume, online=False, on_epoch_end=hook,
+                      progress=False)
+
+
+def trial_output_dir() -> Path:
+    from ray import tune
+
+    return Path(tune.get_context().get_trial_dir()) / "run"
+
+
+def restore_checkpoint(out: Path) -> bool:
+    """Put the trial's last reported checkpoint (if any) where the trainer resumes from.
+
+    Tune's copy is the authority: it is the one whose metrics Tune has, so the epoch count
+    and the reported iterations stay in step even if a crash hit between the two.
+    """
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    folder = out / "checkpoints"
+    staging, last = folder / "from-tune.staging", folder / "last"
+    shutil.rmtree(staging, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.to_directory(str(staging))
+    shutil.rmtree(last, ignore_errors=True)
+    staging.rename(last)
+    return True
+
+
+def epoch_reporter(evaluate, out: Path):
+    """The trainer's on_epoch_end hook: metrics of `evaluate(drafter)` + the checkpoint the
+    trainer has just written, reported to Tune (ASHA may stop the trial here)."""
+    from ray import tune
+
+    def hook(epoch: int, drafter) -> dict:
+        taus = evaluate(drafter)
+        metrics = {"epoch": epoch + 1, "mean_tau": taus.pop("mean"),
+                   **{f"tau_{b}": v for b, v in taus.items()}, "drafter": drafter.meta.name}
+        checkpoint = tune.Checkpoint.from_directory(str(out / "checkpoints" / "last"))
+        tune.report(metrics, checkpoint=checkpoint)
+        return metrics
+
+    return hook
+
+
+def replay_taus(target, drafter, tree, prompts) -> dict[str, float]:
+    """Pooled replay tau per benchmark and their mean ("mean") of one drafter at T = 0."""
+    import pandas as pd
+
+    from taps_ray.evaluation.report import tau_table
+    from taps_ray.evaluation.runner import Candidate, replay_candidates
+
+    cand = Candidate("trial", "single", ["trial"])
+    rows = replay_candidates(target, {"trial": drafter}, [cand], tree, prompts, progress=False)
+    table = tau_table(pd.DataFrame([asdict(r) for r in rows]))
+    return {str(k): round(float(v), 4) for k, v in table.iloc[0].items()}
+
+
+def prepare_data(cfg: SweepConfig) -> None:
+    """Build each distinct data spec's feature cache once, in parallel Ray tasks placed like
+    trials (so on a GPU cluster a GPU node computes them); the first task also caches the
+    greedy continuations the trials replay. Trials then only open finished caches."""
+    import ray
+
+    from taps_ray.config.loader import to_dict
+    from taps_ray.distributed.runtime import get
+
+    resources = dict(cfg.resources_per_trial)
+    options = {"num_cpus": resources.pop("CPU", 1), "num_gpus": resources.pop("GPU", 0),
+               "resources": resources or None}
+    task = ray.remote(_prepare_one).options(**options)
+    specs = data_specs(cfg)
+    get([task.remote(to_dict(spec), i == 0) for i, spec in enumerate(specs)])
+    print(f"sweep: target features ready for {len(specs)} data spec(s)")
+
+
+def _prepare_one(spec: dict, with_prompts: bool) -> None:
+    from taps_ray.config.loader import from_dict
+    from taps_ray.config.schema import ExperimentConfig
+    from taps_ray.evaluation.runner import replay_prompts
+    from taps_ray.models.target import load_target
+    from taps_ray.training.pipeline import prepare_features
+
+    cfg = from_dict(ExperimentConfig, spec)
+    target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
+    if with_prompts:
+        replay_prompts(target, cfg.evaluation, progress=False)
+    prepare_features(target, cfg.data, cfg.training.feature_dtype, online=False, progress=False)
+
