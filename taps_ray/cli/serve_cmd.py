@@ -51,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
             serve.run(builder(app.get("args", {})), name=name, route_prefix=prefix)
         print(f"serving at http://{http['host']}:{http['port']}/v1 (Ctrl-C stops)", flush=True)
         _wait_for_signal()
+    except (ray.exceptions.RayError, TimeoutError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TapsError(
+            f"Ray Serve did not start ({type(err).__name__}: {first}); check that port "
+            f"{http['port']} is free and the machine is not overloaded, then rerun"
+        ) from None
     finally:
         serve.shutdown()
         ray.shutdown()
