@@ -169,43 +169,53 @@ def _ancestors(node: int, parents: list[int]) -> set[int]:
 
 @torch.inference_mode()
 def draft_many(sessions: Sequence[DrafterSession], tree: TreeConfig) -> list[DraftTree]:
-    """Trees of several drafters, with each round's LM-head calls batched into one matmul.
+    """Trees of several drafters, run in lockstep so each round's LM-head calls are batched.
 
-    The drafters' decoder layers differ and run one after another, but they all score with the
-    target's frozen LM head (memory-bound at large vocabularies): one [sum k, d] x [d, U] call
-    over the union U of their vocabularies replaces N calls. Output equals N `draft` calls up to
-    floating-point summation order.
+    The drafters' decoder layers differ and run one after another, but drafters that score
+    the same rows of the target's frozen LM head (full vocabulary, or the same reduced one)
+    share one [sum k, d] x [d, V'] matmul per round: memory-bound at large vocabularies, it
+    costs about what one drafter's call costs. Drafters with different reduced vocabularies
+    keep their own (already small) head calls: a union head measured slower on CPU
+    (benchmarks/draft_many.py). Output equals separate `draft` calls up to summation order.
     """
     if len(sessions) == 1:
         return [sessions[0].draft(tree)]
-    head, columns = _union_head(sessions)
+    groups = _head_groups(sessions)
     rounds = [s.draft_rounds(tree) for s in sessions]
     hidden: list[torch.Tensor | None] = [next(r) for r in rounds]
     trees: list[DraftTree | None] = [None] * len(sessions)
     while any(h is not None for h in hidden):
-        live = [i for i, h in enumerate(hidden) if h is not None]
-        logits = torch.cat([hidden[i] for i in live]) @ head.T  # [sum k, U]
-        row = 0
-        for i in live:
-            k = hidden[i].shape[0]
-            part = logits[row : row + k]
-            part = part if columns[i] is None else part.index_select(1, columns[i])
-            row += k
+        logps: dict[int, torch.Tensor] = {}
+        for group in groups:
+            live = [i for i in group if hidden[i] is not None]
+            if not live:
+                continue
+            head = sessions[live[0]].head
+            logits = torch.cat([hidden[i] for i in live]) @ head.T  # [sum k, V']
+            parts = logits.split([hidden[i].shape[0] for i in live])
+            logps.update({i: torch.log_softmax(p.float(), dim=-1) for i, p in zip(live, parts,
+                                                                                strict=True)})
+        for i, logp in logps.items():
             try:
-                hidden[i] = rounds[i].send(torch.log_softmax(part.float(), dim=-1))
+                hidden[i] = rounds[i].send(logp)
             except StopIteration as done:
                 hidden[i], trees[i] = None, done.value
     return trees
 
 
-def _union_head(sessions: Sequence[DrafterSession]) -> tuple[torch.Tensor, list]:
-    """The LM-head rows of all sessions' vocabularies, and each session's columns in it."""
-    vocabs = [s.drafter.draft_vocab for s in sessions]
-    full = sessions[0].full_head
-    if any(v is None for v in vocabs):
-        cols = [None if v is None else v.to(full.device) for v in vocabs]
-        return full, cols
-    union, inverse = torch.unique(torch.cat(vocabs), return_inverse=True)
-    sizes = [v.numel() for v in vocabs]
-    cols = list(inverse.to(full.device).split(sizes))
-    return full.index_select(0, union.to(full.device)), cols
+def _head_groups(sessions: Sequence[DrafterSession]) -> list[list[int]]:
+    """Session indices grouped by the LM-head rows they score (same draft vocabulary)."""
+    groups: list[list[int]] = []
+    for i, s in enumerate(sessions):
+        vocab = s.drafter.draft_vocab
+        for group in groups:
+            other = sessions[group[0]].drafter.draft_vocab
+            if (vocab is None and other is None) or (
+                vocab is not None and other is not None and vocab.shape == other.shape
+                and bool(torch.equal(vocab, other))
+            ):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups

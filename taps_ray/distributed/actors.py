@@ -136,7 +136,7 @@ class RemoteSession:
     def __init__(self, actor):
         self.actor = actor
         self.drafter = SimpleNamespace(draft_vocab=None)  # "full vocabulary": no column mapping
-        self.full_head = torch.zeros(1, 1)  # [U=1, d=1] dummy head for draft_many's matmul
+        self.head = torch.zeros(1, 1)  # [V'=1, d=1] dummy head for draft_many's matmul
 
     def draft(self, tree: TreeConfig) -> DraftTree:
         return ray.get(self.actor.draft.remote(tree))
