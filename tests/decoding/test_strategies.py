@@ -159,7 +159,8 @@ def test_greedy_equals_plain_decoding_with_three_drafters(strategy, options):
     ("strategy", "options"),
     [("merged", {"budget": "sum"}),
      pytest.param("merged", {"budget": "matched"}, marks=pytest.mark.slow),
-     ("route-confidence", {"granularity": "step"}), ("route-entropy", {"granularity": "step"}),
+     ("route-confidence", {"granularity": "step"}),
+     pytest.param("route-entropy", {"granularity": "step"}, marks=pytest.mark.slow),
      pytest.param("bandit", {}, marks=pytest.mark.slow)],
     ids=["merged-sum", "merged-matched", "route-confidence", "route-entropy", "bandit"],
 )
