@@ -114,19 +114,7 @@ class SpeculativeEngine:
         stop_token_ids: set[int] | None = None,
         seed: int = 0,
     ) -> GenerationResult:
-        start = time.perf_counter()
-        tokens: list[int] = []
-        steps: list[StepStats] = []
-        prefill_s = 0.0
-        for chunk in self.stream(prompt_ids, sampling, max_new_tokens, stop_token_ids, seed):
-            tokens += chunk.tokens
-            if chunk.stat is None:
-                prefill_s = time.perf_counter() - start
-            else:
-                steps.append(chunk.stat)
-        return GenerationResult(
-            tokens, steps, prefill_s, time.perf_counter() - start, chunk.finish_reason or "length"
-        )
+        return collect(self.stream(prompt_ids, sampling, max_new_tokens, stop_token_ids, seed))
 
     def stream(
         self,
@@ -205,17 +193,43 @@ def generate_plain(
     seed: int = 0,
 ) -> GenerationResult:
     """Autoregressive baseline on the same cache code: one target forward per token."""
+    return collect(stream_plain(target, prompt_ids, sampling, max_new_tokens, stop_token_ids, seed))
+
+
+def stream_plain(
+    target,
+    prompt_ids,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    stop_token_ids: set[int] | None = None,
+    seed: int = 0,
+) -> Iterator[Chunk]:
+    """Plain decoding as a stream of one-token chunks (stat None); the last has finish_reason."""
     stops = default_stop_ids(target) if stop_token_ids is None else set(stop_token_ids)
     runner = TargetRunner(target.model)
     gen = _generator(seed, runner.device)
-    start = time.perf_counter()
     feats = runner.prefill(_as_ids(prompt_ids, runner.device))
-    tokens = [_pick(runner.logits(feats[-1:]), sampling, gen)]
-    prefill_s = time.perf_counter() - start
-    while not (tokens[-1] in stops or len(tokens) >= max_new_tokens):
-        tokens.append(_pick(runner.logits(runner.step(tokens[-1])), sampling, gen))
-    reason = "stop" if tokens[-1] in stops else "length"
-    return GenerationResult(tokens, [], prefill_s, time.perf_counter() - start, reason)
+    token, count = _pick(runner.logits(feats[-1:]), sampling, gen), 1
+    while not (token in stops or count >= max_new_tokens):
+        yield Chunk([token], None)
+        token, count = _pick(runner.logits(runner.step(token)), sampling, gen), count + 1
+    yield Chunk([token], None, _reason([token], stops))
+
+
+def collect(chunks: Iterator[Chunk]) -> GenerationResult:
+    """Drain a stream into a GenerationResult; prefill time = until the first chunk."""
+    start = time.perf_counter()
+    tokens: list[int] = []
+    steps: list[StepStats] = []
+    prefill_s = None
+    for chunk in chunks:
+        tokens += chunk.tokens
+        if prefill_s is None:
+            prefill_s = time.perf_counter() - start
+        if chunk.stat is not None:
+            steps.append(chunk.stat)
+    return GenerationResult(tokens, steps, prefill_s or 0.0, time.perf_counter() - start,
+                            chunk.finish_reason or "length")
 
 
 def _reason(tokens: list[int], stops: set[int]) -> str:

@@ -35,6 +35,7 @@ from taps_ray.decoding.engine import (
     _reason,
     _step_stats,
     _verify,
+    collect,
     default_stop_ids,
 )
 from taps_ray.decoding.proposer import DrafterSession
@@ -201,18 +202,7 @@ class ActorEngine:
 
     def generate(self, prompt_ids, sampling: SamplingParams, max_new_tokens: int,
                  stop_token_ids: set[int] | None = None, seed: int = 0) -> GenerationResult:
-        start = time.perf_counter()
-        tokens: list[int] = []
-        steps: list[StepStats] = []
-        prefill_s = 0.0
-        for chunk in self.stream(prompt_ids, sampling, max_new_tokens, stop_token_ids, seed):
-            tokens += chunk.tokens
-            if chunk.stat is None:
-                prefill_s = time.perf_counter() - start
-            else:
-                steps.append(chunk.stat)
-        return GenerationResult(tokens, steps, prefill_s, time.perf_counter() - start,
-                                chunk.finish_reason or "length")
+        return collect(self.stream(prompt_ids, sampling, max_new_tokens, stop_token_ids, seed))
 
     def stream(self, prompt_ids, sampling: SamplingParams, max_new_tokens: int,
                stop_token_ids: set[int] | None = None, seed: int = 0) -> Iterator[Chunk]:

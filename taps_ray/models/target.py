@@ -111,11 +111,12 @@ def _remove_stale_temps(final: Path) -> None:
     """Temp folders of conversions that were killed (their process is gone)."""
     for tmp in final.parent.glob(f"{final.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (temps of a live writer must not be removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from taps_ray.decoding.engine import Chunk, SpeculativeEngine, default_stop_ids
-from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
+from taps_ray.decoding.engine import Chunk, SpeculativeEngine, default_stop_ids, stream_plain
+from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import strategy_names
-from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.errors import TapsError
 from taps_ray.serving.config import PLAIN, ServeConfig, missing_folders
 from taps_ray.serving.protocol import ApiError, GenerationRequest, bad
@@ -247,38 +246,6 @@ class CompletionService:
         if job.engine is None:
             return stream_plain(self.target, *args)
         return job.engine.stream(*args)
-
-
-def stream_plain(
-    target,
-    prompt_ids: list[int],
-    sampling: SamplingParams,
-    max_new_tokens: int,
-    stop_token_ids: set[int],
-    seed: int = 0,
-) -> Iterator[Chunk]:
-    """Plain autoregressive decoding as a stream of one-token chunks (`generate_plain`'s loop)."""
-    runner = TargetRunner(target.model)
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
-    feats = runner.prefill(torch.as_tensor(prompt_ids, dtype=torch.long))  # [L, d]
-    token = _pick(runner.logits(feats[-1:]), sampling, gen)
-    count = 1
-    while True:
-        done = token in stop_token_ids or count >= max_new_tokens
-        reason = ("stop" if token in stop_token_ids else "length") if done else None
-        yield Chunk([token], None, reason)
-        if done:
-            return
-        token = _pick(runner.logits(runner.step(token)), sampling, gen)
-        count += 1
-
-
-def _pick(logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator) -> int:
-    """Same rule as the engine: argmax when greedy, else one draw (logits [1, V])."""
-    if sampling.greedy:
-        return int(logits[0].argmax())
-    return sample_token(logits_to_probs(logits[0], sampling).cpu(), gen)
 
 
 def _model_context(target) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from taps_ray.errors import TapsError
+from taps_ray.models.target import pid_alive
 from taps_ray.training.extract import ConversationFeatures
 
 MANIFEST = "manifest.json"
@@ -115,21 +116,12 @@ def remove_stale_temps(folder: Path) -> None:
     """Delete temp files left by writers that are no longer running (killed builds)."""
     for tmp in folder.glob("*.tmp-*"):
         pid = tmp.name.rsplit(".tmp-", 1)[1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
