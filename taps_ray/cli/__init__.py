@@ -14,6 +14,8 @@ _COMMANDS = (
     "taps_ray.cli.config_cmd",
     "taps_ray.cli.data_cmd",
     "taps_ray.cli.generate_cmd",
+    "taps_ray.cli.plan_cmd",
+    "taps_ray.cli.quickstart_cmd",
     "taps_ray.cli.report_cmd",
     "taps_ray.cli.serve_cmd",
     "taps_ray.cli.sweep_cmd",

@@ -136,6 +136,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise TapsError(f"config key '{where}' must be a mapping, got {value!r}")
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):  # e.g. name -> DataConfig
+            return {k: from_dict(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)

@@ -142,7 +142,7 @@ class BenchConfig:
     replay_prompts_per_benchmark: int = 10  # T = 0 by replay (0 = all, -1 = skip replay)
     live_temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
     live_prompts_per_benchmark: int = 3  # live decoding subset (tokens/s, T > 0)
-    baseline: bool = True  # also decode the live subset with plain autoregressive decoding
+    baseline: bool = True  # also decode the live subset plainly (with the first drafter set)
     results_dir: str = "runs/bench/results"  # local folder or pyarrow URI (s3://...)
     run_id: str = ""  # empty: derived from the config; reuse it to resume
 

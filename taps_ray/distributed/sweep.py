@@ -237,6 +237,7 @@ def run_sweep(
     address: str | None = None,
     trainable: Any = None,  # (config, base) -> None; default: trial.sweep_trial
     callbacks: list | None = None,  # extra tune.Callback objects (tests interrupt with one)
+    verbose: int = 3,  # Tune's console output: 0 silent, 1 status, 2 brief, 3 detailed results
 ):
     """Run (or resume) the experiment, then write its table, plot and best configuration."""
     from ray import tune
@@ -263,7 +264,8 @@ def run_sweep(
         if trainable is None:
             trial.prepare_data(cfg)
         tuner = tune.Tuner(fn, param_space=param_space(cfg.space, cfg.search),
-                           tune_config=tune_config, run_config=_run_config(cfg, callbacks))
+                           tune_config=tune_config,
+                           run_config=_run_config(cfg, callbacks, verbose))
     grid = tuner.fit()
     return outputs.write_outputs(cfg, grid, path)
 
@@ -300,7 +302,7 @@ def _tune_config(cfg: SweepConfig):
                            max_concurrent_trials=cfg.max_concurrent_trials or None)
 
 
-def _run_config(cfg: SweepConfig, callbacks: list | None):
+def _run_config(cfg: SweepConfig, callbacks: list | None, verbose: int = 3):
     from ray import tune
 
     root, _, name = experiment_path(cfg).rpartition("/")
@@ -310,4 +312,5 @@ def _run_config(cfg: SweepConfig, callbacks: list | None):
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # each is a full drafter
         callbacks=callbacks,
+        verbose=verbose,
     )

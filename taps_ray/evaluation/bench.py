@@ -117,7 +117,7 @@ def run_unit(unit: BenchUnit, cfg: BenchConfig, target, drafters: dict, run_id: 
         return [_tag(r, unit.drafter_set) for r in rows], []
     records = benchmark_subset(unit.benchmark, cfg.live_prompts_per_benchmark, cfg.seed)
     rows, diags = [], []
-    if cfg.baseline:
+    if cfg.baseline and unit.drafter_set == next(iter(cfg.drafter_sets)):  # once, not per set
         base = Candidate("plain", "plain", [], "none")
         rows += _live(target, None, base, records, unit, cfg, run_id, diags, progress)
     for cand in cands:

@@ -74,6 +74,7 @@ class ServeConfig:
     autoscaling: dict[str, Any] = field(default_factory=dict)  # Serve autoscaling_config; {}: off
     max_ongoing_requests: int = 4  # per replica; more wait in Serve's queue
     max_queued_requests: int = 32  # beyond this Serve answers 503 + Retry-After; -1: no limit
+    retry_after_s: float = 2.0  # the Retry-After (seconds, rounded up) sent with that 503
     replica_cpus: float = 1.0  # CPUs Ray reserves per replica
     health_check_period_s: float = 10.0  # how often Serve calls check_health
 
@@ -87,6 +88,8 @@ class ServeConfig:
         _at_least("max_queued_requests", self.max_queued_requests, -1)
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit; lower it too")
+        if self.retry_after_s < 0:
+            raise ValueError("retry_after_s must be >= 0 (seconds a rejected client waits)")
         if self.replica_cpus < 0 or self.health_check_period_s <= 0:
             raise ValueError("replica_cpus must be >= 0 and health_check_period_s > 0")
 
@@ -157,6 +160,7 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_ongoing_requests": config.max_ongoing_requests,
         "max_queued_requests": config.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": config.retry_after_s},
         "ray_actor_options": {"num_cpus": config.replica_cpus},
         "health_check_period_s": config.health_check_period_s,
     }

@@ -9,7 +9,7 @@ import pytest
 from taps_ray.config import BenchConfig, ExperimentConfig, load_config
 
 ALL = sorted((Path(__file__).parents[2] / "experiments").rglob("*.yaml"))
-CONFIGS = [p for p in ALL if not p.name.startswith(("bench_", "sweep_"))]
+CONFIGS = [p for p in ALL if not p.name.startswith(("bench_", "sweep_", "study_"))]
 
 
 @pytest.mark.parametrize("path", [p for p in ALL if p.name.startswith("bench_")],

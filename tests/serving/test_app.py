@@ -73,6 +73,9 @@ def base_url(drafter_dirs):
               name="open", route_prefix="/")
     serve.run(build_app(dict(api_key_env=KEY_ENV, model_name="secured", **common)),
               name="secured", route_prefix="/secured")
+    # one request decoding, one waiting: the rest must be turned away with 503 + Retry-After
+    serve.run(build_app(dict(model_name="tight", max_ongoing_requests=1, max_queued_requests=1,
+                             retry_after_s=3, **common)), name="tight", route_prefix="/tight")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -275,6 +278,35 @@ def test_requests_run_concurrently(client):
         t.join()
     # decoding overlapped: each request had text before the other one finished
     assert spans[0][1] < spans[1][2] and spans[1][1] < spans[0][2]
+
+
+def test_beyond_capacity_is_503_with_retry_after(base_url):
+    url = f"{base_url}/tight/v1/completions"
+    body = {"model": "tight", "prompt": "Count from 1 to 100:", "max_tokens": 48}
+    answers: list[tuple[int, str | None]] = []
+
+    def send() -> None:
+        request = urllib.request.Request(url, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                answers.append((response.status, None))
+        except urllib.error.HTTPError as err:
+            answers.append((err.code, err.headers.get("Retry-After")))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(code for code, _ in answers)
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
+    assert set(statuses) <= {200, 503}
+    assert all(after == "3" for code, after in answers if code == 503)
+    client = openai.OpenAI(base_url=f"{base_url}/tight/v1", api_key="unused", max_retries=0,
+                           timeout=120)
+    assert client.completions.create(model="tight", prompt="Hi", max_tokens=2).usage \
+        .completion_tokens == 2  # capacity is back once the burst is done
 
 
 def test_api_key(base_url):

@@ -74,6 +74,7 @@ def test_deployment_options():
     fixed = deployment_options(ServeConfig(num_replicas=2, max_queued_requests=5))
     assert fixed["num_replicas"] == 2 and fixed["max_queued_requests"] == 5
     assert fixed["ray_actor_options"] == {"num_cpus": 1.0}
+    assert fixed["backpressure_config"] == {"status_code": 503, "retry_after_s": 2.0}
     scaled = deployment_options(ServeConfig(autoscaling={"min_replicas": 1, "max_replicas": 3}))
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 3
 
