@@ -62,31 +62,40 @@ def main() -> None:
 
 
 def compare(local, remote, prompts, max_new: int, n: int, strategy: str, options: dict) -> dict:
-    """ms per step of both engines (median over prompts) and whether their outputs agree."""
+    """ms per step (median over prompts), tokens/s (all prompts) of both engines, and whether
+    their outputs agree."""
     per_step = {"in_process": [], "actors": []}
+    tokens = {"in_process": 0, "actors": 0}
+    seconds = {"in_process": 0.0, "actors": 0.0}
     same = True
     for prompt in prompts:
         outs = {}
         for name, engine in (("in_process", local), ("actors", remote)):
             start = time.perf_counter()
             outs[name] = engine.generate(prompt, SamplingParams(), max_new)
+            elapsed = time.perf_counter() - start
             steps = max(len(outs[name].steps), 1)
-            per_step[name].append(1000 * (time.perf_counter() - start) / steps)
+            per_step[name].append(1000 * elapsed / steps)
+            tokens[name] += len(outs[name].tokens)
+            seconds[name] += elapsed
         same &= outs["in_process"].tokens == outs["actors"].tokens
     local_ms, actor_ms = (statistics.median(per_step[k]) for k in ("in_process", "actors"))
     label = strategy + ("/" + next(iter(options.values())) if options else "")
     return {"drafters": n, "strategy": label, "in_process_ms": round(local_ms, 1),
             "actors_ms": round(actor_ms, 1), "overhead_ms": round(actor_ms - local_ms, 1),
-            "ratio": round(actor_ms / local_ms, 2), "same_tokens": same}
+            "ratio": round(actor_ms / local_ms, 2),
+            "in_process_tok_s": round(tokens["in_process"] / seconds["in_process"], 2),
+            "actors_tok_s": round(tokens["actors"] / seconds["actors"], 2), "same_tokens": same}
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| drafters | strategy | in-process ms/step | actors ms/step | overhead ms/step "
-            "| ratio | same tokens |")
-    lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| ratio | in-process tokens/s | actors tokens/s | same tokens |")
+    lines = [head, "|" + " --- |" * 9]
     for r in rows:
         lines.append(f"| {r['drafters']} | {r['strategy']} | {r['in_process_ms']} | "
-                     f"{r['actors_ms']} | {r['overhead_ms']} | {r['ratio']} | {r['same_tokens']} |")
+                     f"{r['actors_ms']} | {r['overhead_ms']} | {r['ratio']} | "
+                     f"{r['in_process_tok_s']} | {r['actors_tok_s']} | {r['same_tokens']} |")
     return "\n".join(lines)
 
 
