@@ -35,6 +35,7 @@ def make_plots(tables: dict, rows, routing, diagnostics) -> list[Plot]:
             plots.append(depth_plot(at, temp))
         mixture = mixture_heatmap(per["pooled-tau"], temp)
         plots += [mixture] if mixture else []
+        plots += interpolation_plots(per["pooled-tau"], temp)
         if not routing.empty:
             shares = routing[routing["temperature"] == temp]
             plots += [routing_plot(shares[shares["label"] == label], label, temp)
@@ -146,6 +147,45 @@ def mixture_heatmap(table, temperature: float) -> Plot | None:
     keep.sort(key=lambda x: (_split(x)[1], rank[_data_kind(x)], _natural(_split(x)[0])))
     return tau_heatmap(table.loc[keep], temperature, "mixture-heatmap",
                        "Pooled tau by training mixture")
+
+
+_AVERAGE = re.compile(r"^average(?:@(?P<w>[0-9.]+))?(?: \((?P<set>.+)\))?$")
+
+
+def interpolation_curves(table) -> dict[str, dict[float, object]]:
+    """{drafter set: {w: the row of average@w}}, w = weight of the set's first drafter; plain
+    `average` (equal weights of two) counts as w = 0.5. Sets with fewer than 3 points dropped."""
+    curves: dict[str, dict[float, object]] = {}
+    for label in table.index:
+        match = _AVERAGE.match(str(label))
+        if match:
+            weight = float(match["w"]) if match["w"] is not None else 0.5
+            curves.setdefault(match["set"] or "", {}).setdefault(weight, table.loc[label])
+    return {name: dict(sorted(c.items())) for name, c in curves.items() if len(c) >= 3}
+
+
+def interpolation_plots(table, temperature: float) -> list[Plot]:
+    """Weight-space averaging of two drafters: tau per benchmark (and mean) against the weight."""
+    plots = []
+    for name, curve in interpolation_curves(table).items():
+        weights = list(curve)
+        fig = _figure(6.4, 4.0)
+        ax = fig.add_subplot()
+        for column in table.columns:
+            values = [float(curve[w][column]) for w in weights]
+            ax.plot(weights, values, marker="o", label=str(column),
+                    linewidth=2.5 if column == "mean" else 1.5)
+        ax.set(xlabel="weight of the first drafter (0 = second drafter alone, 1 = first alone)",
+               ylabel="pooled tau")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        where = f" ({name})" if name else ""
+        title = f"Averaging interpolation{where}, T={temp_key(temperature)}"
+        ax.set_title(title)
+        plots.append(_plot(fig, f"interpolation-{_slug(name or 'all')}-{_slug(temperature)}.png",
+                           title, f"Pooled tau per benchmark against the averaging weight at "
+                                  f"{len(weights)} weights{where}."))
+    return plots
 
 
 def diagnostics_hist(diag, temperature: float) -> Plot:

@@ -11,7 +11,7 @@ import pytest
 
 from taps_ray.cli import main
 from taps_ray.errors import TapsError
-from taps_ray.evaluation.plots import depth_curves
+from taps_ray.evaluation.plots import depth_curves, interpolation_curves, interpolation_plots
 from taps_ray.evaluation.report import (
     build_report,
     load_inputs,
@@ -180,3 +180,17 @@ def test_replay_caller_api_still_works():
     text = to_markdown(tau_table(df))
     assert text.splitlines()[0] == "| drafter / strategy | mt_bench | gsm8k | mean |"
     assert "| math-eagle2 | 1.50 | 3.50 | 2.50 |" in text
+
+
+def test_interpolation_curve_orders_weights_and_counts_plain_average_as_half():
+    table = pd.DataFrame(
+        {"gsm8k": [1.2, 1.5, 1.4, 1.9, 1.0, 2.0], "mean": [1.1, 1.4, 1.3, 1.8, 1.0, 2.0]},
+        index=["average@1 (s)", "average (s)", "average@0.25 (s)", "average@0 (s)",
+               "average@0.5 (other)", "math-eagle2"])
+    curves = interpolation_curves(table)
+    assert list(curves) == ["s"]  # "other" has one point only; math-eagle2 is no average
+    assert list(curves["s"]) == [0.0, 0.25, 0.5, 1.0]
+    assert curves["s"][0.5]["gsm8k"] == 1.5
+    plots = interpolation_plots(table, 0.0)
+    assert [p.name for p in plots] == ["interpolation-s-t0.png"]
+    assert plots[0].png.startswith(b"\x89PNG")
