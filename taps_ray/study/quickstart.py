@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from taps_ray.config.loader import from_dict
+from taps_ray.config.loader import from_dict, to_dict
 from taps_ray.config.schema import BenchConfig, ExperimentConfig
 from taps_ray.errors import TapsError
 from taps_ray.study.profiles import DOMAINS, METHODS, STRATEGIES, Profile
@@ -85,7 +85,7 @@ def sweep_config(profile: Profile, out: Path):
     base.drafter.name = ""  # named per trial after its fraction
     base.training.epochs = profile.sweep_epochs
     return from_dict(SweepConfig, {
-        "name": "mixture", "base": _as_dict(base),
+        "name": "mixture", "base": to_dict(base),
         "space": {"math_fraction": list(profile.sweep_fractions)},
         "metric": "mean_tau", "resources_per_trial": {"CPU": 1},
         "storage_path": str(out / "sweep"), "max_failures": 1,
@@ -254,9 +254,3 @@ def paper_order(labels) -> list[str]:
 def _evaluation(profile: Profile, prompts: int) -> dict:
     return {"benchmarks": list(profile.benchmarks), "prompts_per_benchmark": prompts,
             "seed": profile.seed, "max_new_tokens": profile.max_new_tokens}
-
-
-def _as_dict(cfg: ExperimentConfig) -> dict:
-    from taps_ray.config.loader import to_dict
-
-    return to_dict(cfg)
