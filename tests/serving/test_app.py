@@ -300,7 +300,8 @@ def test_beyond_capacity_is_503_with_retry_after(base_url):
     for t in threads:
         t.join()
     statuses = sorted(code for code, _ in answers)
-    assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
+    # how many of the first two get in depends on when Serve's router sees the replica busy
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 4, statuses
     assert set(statuses) <= {200, 503}
     assert all(after == "3" for code, after in answers if code == 503)
     client = openai.OpenAI(base_url=f"{base_url}/tight/v1", api_key="unused", max_retries=0,
