@@ -122,7 +122,6 @@ def remove_stale_temps(folder: Path) -> None:
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    return True
 
 
 def read_manifest(folder: Path) -> dict:
