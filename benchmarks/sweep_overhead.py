@@ -24,8 +24,8 @@ import torch
 
 from taps_ray.distributed.sweep import (
     data_specs,
+    grid_params,
     load_sweep_config,
-    param_space,
     run_sweep,
     smoke_config,
     trial_config,
@@ -35,7 +35,7 @@ from taps_ray.distributed.sweep import (
 def main() -> None:
     args = parse_args()
     cfg = smoke_config(load_sweep_config(args.config))
-    trials = grid_trials(cfg)
+    trials = grid_params(cfg.space)
     warm_caches(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -66,16 +66,6 @@ def main() -> None:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
     print(json.dumps(result))
-
-
-def grid_trials(cfg) -> list[dict]:
-    """The trial parameters Tune's grid expands to (the smoke sweep has only grids)."""
-    import itertools
-
-    space = param_space(cfg.space, "grid")
-    keys = list(space)
-    grids = [space[k]["grid_search"] for k in keys]
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grids)]
 
 
 def warm_caches(cfg) -> None:

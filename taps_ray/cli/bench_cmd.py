@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from taps_ray.config import BenchConfig, load_config
-    from taps_ray.evaluation.bench import run_bench
+    from taps_ray.evaluation.bench import load_drafter_set, run_bench
     from taps_ray.evaluation.report import tau_table, to_markdown
     from taps_ray.evaluation.results import read_rows
 
@@ -54,22 +54,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{written} new rows ({len(df)} in all) -> {folder}")
     del pd
     return 0
-
-
-def load_drafter_set(cfg, name: str, target) -> dict:
-    """name -> drafter for one set; 'untrained' entries are random heads (smoke runs)."""
-    from taps_ray.errors import TapsError
-    from taps_ray.models.drafter import load_drafter, untrained_drafter
-
-    drafters = {}
-    for k, spec in enumerate(cfg.drafter_sets[name]):
-        if spec == "untrained":
-            drafter = untrained_drafter(target, seed=k)
-            drafter.meta.name, drafter.meta.method = f"untrained{k}-eagle2", "eagle2"
-        else:
-            drafter = load_drafter(spec, target)
-        if drafter.meta.name in drafters:
-            raise TapsError(f"drafter set '{name}' holds two drafters named "
-                            f"'{drafter.meta.name}'; train them with distinct drafter.name")
-        drafters[drafter.meta.name] = drafter
-    return drafters

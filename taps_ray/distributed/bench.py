@@ -23,7 +23,14 @@ from taps_ray.config.loader import from_dict, to_dict
 from taps_ray.config.schema import BenchConfig
 from taps_ray.distributed.runtime import connect, get, set_torch_threads
 from taps_ray.errors import TapsError
-from taps_ray.evaluation.bench import BenchUnit, plan_units, run_id_for, run_unit, write_unit
+from taps_ray.evaluation.bench import (
+    BenchUnit,
+    load_drafter_set,
+    plan_units,
+    run_id_for,
+    run_unit,
+    write_unit,
+)
 from taps_ray.evaluation.results import result_exists
 
 MAX_RESTARTS = 3  # per worker: Ray restarts a dead worker this often before it is dropped
@@ -45,8 +52,6 @@ class BenchWorker:
 
     def run(self, unit: BenchUnit, run_id: str) -> int:
         """Rows written for `unit` (its file replaces any earlier attempt's)."""
-        from taps_ray.cli.bench_cmd import load_drafter_set
-
         if unit.drafter_set not in self.sets:
             self.sets[unit.drafter_set] = load_drafter_set(self.cfg, unit.drafter_set,
                                                            self.target)

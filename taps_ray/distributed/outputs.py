@@ -16,7 +16,6 @@ renamed.
 from __future__ import annotations
 
 import io
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from pyarrow import fs as pafs
 
 from taps_ray.distributed.sweep import SweepConfig, trial_config
-from taps_ray.training.checkpoint import STATE_FILE
+from taps_ray.training.checkpoint import STATE_FILE, publish_folder
 
 MATH_BENCHMARKS = ("gsm8k", "math500", "svamp")
 CHAT_BENCHMARKS = ("mt_bench",)
@@ -192,13 +191,7 @@ def _publish_drafter(checkpoint, dest: str) -> None:
         folder = Path(checkpoint.to_directory(f"{tmp}/drafter"))
         (folder / STATE_FILE).unlink(missing_ok=True)
         if "://" not in dest:
-            final = Path(dest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging = final.with_name(final.name + ".staging")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(folder, staging)
-            shutil.rmtree(final, ignore_errors=True)
-            staging.rename(final)
+            publish_folder(folder, Path(dest))
             return
         filesystem, root = pafs.FileSystem.from_uri(dest)
         filesystem.create_dir(root, recursive=True)

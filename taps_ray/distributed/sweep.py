@@ -128,6 +128,14 @@ def trial_config(base: ExperimentConfig | dict, params: dict[str, Any]) -> Exper
     return cfg
 
 
+def grid_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every combination of the list-valued (grid) keys, as Tune's grid search expands them;
+    distribution-valued keys are sampled by Tune and left out here."""
+    keys = [k for k in space.swept() if isinstance(getattr(space, k), list)]
+    grids = [getattr(space, k) for k in keys]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grids)]
+
+
 def data_specs(cfg: SweepConfig) -> list[ExperimentConfig]:
     """One config per distinct (mixture, total): the feature caches the trials will read."""
     fractions = cfg.space.math_fraction or [None]

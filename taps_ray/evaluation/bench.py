@@ -143,6 +143,24 @@ def write_unit(cfg: BenchConfig, unit: BenchUnit, run_id: str, rows: list[Result
     return write_table(table, cfg.results_dir, run_id, unit.key, exact_name=True)
 
 
+def load_drafter_set(cfg, name: str, target) -> dict:
+    """name -> drafter for one set; 'untrained' entries are random heads (smoke runs)."""
+    from taps_ray.models.drafter import load_drafter, untrained_drafter
+
+    drafters = {}
+    for k, spec in enumerate(cfg.drafter_sets[name]):
+        if spec == "untrained":
+            drafter = untrained_drafter(target, seed=k)
+            drafter.meta.name, drafter.meta.method = f"untrained{k}-eagle2", "eagle2"
+        else:
+            drafter = load_drafter(spec, target)
+        if drafter.meta.name in drafters:
+            raise TapsError(f"drafter set '{name}' holds two drafters named "
+                            f"'{drafter.meta.name}'; train them with distinct drafter.name")
+        drafters[drafter.meta.name] = drafter
+    return drafters
+
+
 def run_bench(cfg: BenchConfig, load_drafters: Callable[[str], dict], target,
               progress: bool = True) -> tuple[str, int]:
     """Run every unfinished unit in process; returns (run_id, rows written)."""

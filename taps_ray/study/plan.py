@@ -170,9 +170,10 @@ def make_plan(path: str, overrides: list[str] | None = None, rates: GpuRates = G
     elif kind == "bench":
         trainings, benches, target = [], [cfg], cfg.target.name
     elif kind == "sweep":
-        from taps_ray.distributed.sweep import trial_config
+        from taps_ray.distributed.sweep import grid_params, trial_config
 
-        trainings, benches, target = _sweep_trials(cfg, trial_config), [], cfg.base.target.name
+        trials = [trial_config(cfg.base, params) for params in grid_params(cfg.space)]
+        trainings, benches, target = trials * cfg.num_samples, [], cfg.base.target.name
     else:
         trainings, benches, target = [cfg], [], cfg.target.name
     shape = model_shape(target)
@@ -188,8 +189,8 @@ def make_plan(path: str, overrides: list[str] | None = None, rates: GpuRates = G
     if kind == "training":
         ev = trainings[0].evaluation
         plan.evaluations += _eval_rows(ev.benchmarks, ev.prompts_per_benchmark, ev.max_new_tokens,
-                                       ["per-epoch replay"], [0.0], shape, rates, trainings[0].tree,
-                                       repeat=trainings[0].training.epochs)
+                                       ["per-epoch replay"], [0.0], shape, rates,
+                                       "replay", repeat=trainings[0].training.epochs)
     for bench in benches:
         plan.evaluations += _bench_rows(bench, shape, rates)
     big = [t for t in plan.trainings if (t["feature_gib"] or 0) > 200]
@@ -263,6 +264,7 @@ def _bench_rows(bench: BenchConfig, shape, rates: GpuRates) -> list[dict]:
     from taps_ray.evaluation.bench import candidates_for
 
     rows = []
+    first = next(iter(bench.drafter_sets))
     for name, folders in bench.drafter_sets.items():
         names = [Path(f).parent.name if Path(f).name == "drafter" else Path(f).name
                  for f in folders]
@@ -271,17 +273,18 @@ def _bench_rows(bench: BenchConfig, shape, rates: GpuRates) -> list[dict]:
         if bench.replay_prompts_per_benchmark >= 0:
             rows += _eval_rows(bench.benchmarks, bench.replay_prompts_per_benchmark,
                                bench.max_new_tokens, [f"{lb} ({name})" for lb in labels], [0.0],
-                               shape, rates, bench.tree, mode=f"replay, set {name}")
+                               shape, rates, f"replay, set {name}")
         if bench.live_prompts_per_benchmark > 0 and bench.live_temperatures:
-            live = [f"{lb} ({name})" for lb in labels] + (["plain"] if bench.baseline else [])
+            plain = ["plain"] if bench.baseline and name == first else []  # as the bench does
+            live = [f"{lb} ({name})" for lb in labels] + plain
             rows += _eval_rows(bench.benchmarks, bench.live_prompts_per_benchmark,
                                bench.max_new_tokens, live, bench.live_temperatures, shape, rates,
-                               bench.tree, mode=f"live, set {name}")
+                               f"live, set {name}", live=True)
     return rows
 
 
 def _eval_rows(benchmarks, prompts: int, max_new: int, labels: list[str], temps, shape, rates,
-               tree: TreeConfig, mode: str = "replay", repeat: int = 1) -> list[dict]:
+               what: str, live: bool = False, repeat: int = 1) -> list[dict]:
     turns = 0
     for b in benchmarks:
         size, per = BENCH_SIZE[b]
@@ -292,23 +295,12 @@ def _eval_rows(benchmarks, prompts: int, max_new: int, labels: list[str], temps,
         step = shape.params * 2 / rates.bandwidth  # one weight read per decoding step
         steps = tokens / rates.tau
         # replay skips verification: only the drafter walks (about 1/4 of a live step here)
-        factor = rates.step_overhead if mode.startswith("live") else 0.25
+        factor = rates.step_overhead if live else 0.25
         gpu_h = steps * step * factor / 3600
-    return [{"what": f"{mode}: {len(labels)} rows x {len(benchmarks)} benchmarks x "
+    return [{"what": f"{what}: {len(labels)} rows x {len(benchmarks)} benchmarks x "
                      f"T={','.join(f'{t:g}' for t in temps)}" + (f" x {repeat} epochs"
                                                                   if repeat > 1 else ""),
              "prompt_turns": turns, "tokens": tokens, "gpu_h": gpu_h}]
-
-
-def _sweep_trials(cfg, trial_config) -> list[ExperimentConfig]:
-    import itertools
-
-    space = cfg.space
-    keys = [k for k in space.swept() if isinstance(getattr(space, k), list)]
-    grids = [getattr(space, k) for k in keys]
-    runs = [trial_config(cfg.base, dict(zip(keys, values, strict=True)))
-            for values in itertools.product(*grids)]
-    return runs * cfg.num_samples
 
 
 def render_plan(plan: Plan) -> str:

@@ -140,6 +140,7 @@ def run_quickstart(profile: Profile, out: str | Path, *, with_sweep: bool = True
 
 
 def train_drafters(profile: Profile, out: Path, target, log: Callable[[str], None]) -> None:
+    from taps_ray.training.checkpoint import publish_folder
     from taps_ray.training.pipeline import train_from_config
 
     for domain in DOMAINS:
@@ -158,20 +159,8 @@ def train_drafters(profile: Profile, out: Path, target, log: Callable[[str], Non
                 f"{'n/a' if acc is None else f'{acc:.2f}'}")
 
 
-def publish_folder(source: Path, dest: Path) -> None:
-    """Copy a finished drafter to `dest` via a staging name: `dest` is whole or absent."""
-    import shutil
-
-    staging = dest.with_name(dest.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
-
-
 def run_benches(profile: Profile, out: Path, target, log: Callable[[str], None]) -> None:
-    from taps_ray.cli.bench_cmd import load_drafter_set
-    from taps_ray.evaluation.bench import run_bench
+    from taps_ray.evaluation.bench import load_drafter_set, run_bench
 
     for cfg in bench_configs(profile, out):
         run_id, written = run_bench(cfg, lambda name, c=cfg: load_drafter_set(c, name, target),

@@ -62,6 +62,16 @@ def save_checkpoint(
     return last
 
 
+def publish_folder(source: Path, dest: Path) -> None:
+    """Copy a finished drafter folder to `dest` via `<dest>.staging`: `dest` is whole or absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.with_name(dest.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """`last`, or `last.old` when a kill hit between the two renames; None when neither."""
     for name in ("last", "last.old"):
