@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from taps_ray.config.schema import TreeConfig
 from taps_ray.data.records import Record, turn_messages, user_turns
 from taps_ray.data.render import render_prompt
 from taps_ray.decoding.engine import default_stop_ids, generate_plain
-from taps_ray.decoding.proposer import DrafterSession
+from taps_ray.decoding.kv import causal_mask
+from taps_ray.decoding.proposer import DrafterSession, draft_at_positions
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import Strategy
 from taps_ray.decoding.target_runner import TargetRunner
@@ -39,6 +41,7 @@ class ReplayPrompt:
     turn: int
     prompt_ids: list[int]
     continuation: list[int]  # greedy new tokens (ends with EOS or at max_new_tokens)
+    features_path: str | None = None  # where teacher_features caches this item's features
 
 
 @dataclass
@@ -80,22 +83,41 @@ def continuations(
 def _continuation(target, record, turn, answers, max_new, folder: Path) -> ReplayPrompt:
     path = folder / record.source / f"{_safe(record.id)}.t{turn}.n{max_new}.json"
     prompt_ids = render_prompt(target.tokenizer, turn_messages(record, turn, answers))
+    features = str(path.with_suffix(".pt"))
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached["prompt_ids"] == prompt_ids:
-            return ReplayPrompt(record.source, record.id, turn, prompt_ids, cached["continuation"])
+            return ReplayPrompt(record.source, record.id, turn, prompt_ids,
+                                cached["continuation"], features)
     tokens = generate_plain(target, prompt_ids, SamplingParams(), max_new).tokens
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"prompt_ids": prompt_ids, "continuation": tokens}))
     tmp.replace(path)
-    return ReplayPrompt(record.source, record.id, turn, prompt_ids, tokens)
+    return ReplayPrompt(record.source, record.id, turn, prompt_ids, tokens, features)
 
 
 def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
-    """[L + N, d] target features of prompt + continuation from one teacher-forced pass."""
+    """[L + N, d] target features of prompt + continuation from one teacher-forced pass.
+
+    Cached at `item.features_path` (beside the continuation) when set, so every later drafter,
+    epoch evaluation or sweep trial on the same prompts pays no target work at all.
+    """
     ids = torch.tensor(item.prompt_ids + item.continuation, device=runner.device)
-    return runner.prefill(ids)
+    path = Path(item.features_path) if item.features_path else None
+    if path is not None and path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if torch.equal(cached["ids"], ids.cpu()):
+                return cached["features"].to(runner.device)
+        except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError):
+            pass  # a damaged cache file is recomputed below
+    features = runner.prefill(ids)
+    if path is not None:
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"ids": ids.cpu(), "features": features.cpu()}, tmp)
+        tmp.replace(path)
+    return features
 
 
 def replay(
@@ -104,26 +126,78 @@ def replay(
     item: ReplayPrompt,
     features: torch.Tensor,  # [L + N, d] from teacher_features
     tree: TreeConfig,
+    block: int = 32,
 ) -> ReplayResult:
-    """Walk one continuation with `strategy` over `sessions`, as live T=0 decoding would."""
+    """Walk one continuation with `strategy` over `sessions`, as live T=0 decoding would.
+
+    block > 0 drafts the trees of `block` positions per batched drafter pass (`KnownTrees`);
+    block = 0 drafts step by step through the sessions, exactly as the live engine does.
+    """
     seq = torch.tensor(item.prompt_ids + item.continuation, device=features.device)
     start, total = len(item.prompt_ids), len(item.continuation)
-    for s in sessions:
-        s.reset()
-        s.extend(features[:start], seq[1 : start + 1])
+    if block:
+        drafting = [KnownTrees(s, features, seq, block) for s in sessions]
+    else:
+        drafting = sessions
+        for s in sessions:
+            s.reset()
+            s.extend(features[:start], seq[1 : start + 1])
     strategy.start()
     result, done = ReplayResult(), 1  # the prefill emitted continuation[0]
     while done < total:
-        proposal = strategy.propose(sessions, tree)
+        for known in drafting if block else ():
+            known.length = start + done
+        proposal = strategy.propose(drafting, tree)
         matched = match_length(proposal.tree, item.continuation[done:])
         strategy.observe(proposal, matched)
         committed = min(matched + 1, total - done)
         _record(result, proposal, matched, committed)
         pos = start + done - 1  # position of the root (last committed token)
-        for s in sessions:
+        for s in sessions if not block else ():
             s.extend(features[pos : pos + committed], seq[pos + 1 : pos + 1 + committed])
         done += committed
     return result
+
+
+class KnownTrees:
+    """A drafter's trees over one known sequence, drafted `block` positions at a time.
+
+    At T = 0 the committed tokens are the target's continuation whatever was accepted before,
+    so the drafter's state at committed length S is always the teacher pairs 0..S-2: a tree
+    depends on S only. The live engine pays `depth + 1` small drafter calls per step, whose
+    fixed cost dominates on CPU; here one call per round serves `block` positions, drafted on
+    first use (a drafter that sits out, as under prompt routing, drafts nothing more).
+    Stands in for a `DrafterSession` in strategies: `draft` returns the tree at `length`.
+    """
+
+    def __init__(self, session: DrafterSession, features: torch.Tensor, seq: torch.Tensor,
+                 block: int = 32):
+        self.session, self.features, self.seq, self.block = session, features, seq, block
+        self.length = 0  # committed length S of the step being drafted
+        self.trees: dict[int, DraftTree] = {}
+        self.cache = None  # the drafter's cache over every teacher pair
+        self.hidden: torch.Tensor | None = None  # [pairs, d] its output at each pair
+
+    def draft(self, tree: TreeConfig) -> DraftTree:
+        if self.length not in self.trees:
+            if self.cache is None:
+                self._run_teacher_pairs()
+            lengths = range(self.length, min(self.length + self.block, self.seq.numel()))
+            trees = draft_at_positions(self.session, self.cache, self.hidden, lengths, tree)
+            self.trees.update(zip(lengths, trees, strict=True))
+        return self.trees[self.length]
+
+    def _run_teacher_pairs(self) -> None:
+        """Pairs (f_t, x_{t+1}) for t = 0..n-1, n = len(seq) - 2: all a last tree needs."""
+        from transformers import DynamicCache
+
+        s, n = self.session, self.seq.numel() - 2
+        self.cache = DynamicCache(config=s.drafter.decoder.config)
+        with torch.inference_mode():
+            self.hidden = s.run_pairs(
+                self.features[:n], self.seq[1 : n + 1], torch.arange(n, device=s.device),
+                causal_mask(0, n, s.dtype, s.device), self.cache,
+            )
 
 
 def match_length(tree: DraftTree, upcoming: Sequence[int]) -> int:

@@ -178,8 +178,9 @@ def test_sampling_follows_the_target_law_with_three_drafters(strategy, options):
 # --- replay -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("block", [0, 4], ids=["stepwise", "block4"])
 @pytest.mark.parametrize(("strategy", "options"), COMBINED, ids=IDS)
-def test_replay_equals_live_for_every_strategy(strategy, options):
+def test_replay_equals_live_for_every_strategy(strategy, options, block):
     target = tiny_target("llama")
     drafters = [untrained_drafter(target, seed=s) for s in (1, 3)]
     for prompt in prompts(2):
@@ -188,7 +189,7 @@ def test_replay_equals_live_for_every_strategy(strategy, options):
         plain = generate_plain(target, prompt, GREEDY, 30, stop_token_ids=set()).tokens
         item = ReplayPrompt("toy", "p", 0, prompt, plain)
         result = replay(engine.sessions, engine.strategy, item,
-                        teacher_features(engine.runner, item), TREE)
+                        teacher_features(engine.runner, item), TREE, block=block)
         assert result.committed == [s.committed for s in live.steps]
         assert result.routes == [s.route for s in live.steps]
 
