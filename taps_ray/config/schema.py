@@ -24,11 +24,13 @@ class DataConfig:
     max_length: int = 1024  # tokens per rendered conversation (longer ones are truncated)
     regenerate: bool = False  # replace responses with the target's own (self-distillation)
     regenerate_max_new_tokens: int = 256  # length cap of each regenerated answer
+    regenerate_batch_size: int = 32  # prompts per batched generate call (not part of cache keys)
 
     def __post_init__(self) -> None:
         _positive("data.total", self.total)
         _positive("data.max_length", self.max_length)
         _positive("data.regenerate_max_new_tokens", self.regenerate_max_new_tokens)
+        _positive("data.regenerate_batch_size", self.regenerate_batch_size)
 
 
 @dataclass

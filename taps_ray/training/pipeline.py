@@ -38,7 +38,8 @@ def prepare_features(
         from taps_ray.training.regenerate import regenerate_records
 
         records = regenerate_records(target, records, spec.as_dict(),
-                                     spec.regenerate_max_new_tokens, progress=progress)
+                                     spec.regenerate_max_new_tokens,
+                                     batch_size=data.regenerate_batch_size, progress=progress)
     examples, skipped = render_examples(target.tokenizer, records, data.max_length, progress)
     require_assistant_tokens(examples, spec)
     counts = {"drawn": dict(mixture.counts), "skipped_no_assistant": skipped,

@@ -20,7 +20,7 @@ from taps_ray.data.render import render_prompt
 
 
 def regenerate_records(target, records: Sequence[Record], spec_key: dict, max_new_tokens: int,
-                       batch_size: int = 8, shard_size: int = 64, progress: bool = True
+                       batch_size: int = 32, shard_size: int = 64, progress: bool = True
                        ) -> list[Record]:
     """`records` with every assistant turn replaced by the target's greedy answer."""
     folder = _folder(target, spec_key, max_new_tokens)

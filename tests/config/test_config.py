@@ -68,6 +68,7 @@ def test_unknown_section_is_an_error():
     [
         ("tree.depth=five", "tree.depth' must be int"),
         ("tree.depth=0", "tree.depth must be > 0"),
+        ("data.regenerate_batch_size=0", "data.regenerate_batch_size must be > 0"),
         ("drafter.method=medusa", "drafter.method' must be one of eagle2, hass"),
         ("sampling.temperature=-1", "temperature must be >= 0"),
         ("evaluation.benchmarks=[gsm9k]", "unknown benchmark 'gsm9k'"),

@@ -124,6 +124,7 @@ def test_regeneration_and_its_length_cap_are_part_of_the_data_key():
     keys = {DataSpec.from_config(c).as_dict().__repr__() for c in (
         plain,
         DataConfig(mixture="math=1.0", total=10, regenerate_max_new_tokens=64),  # cap unused
+        DataConfig(mixture="math=1.0", total=10, regenerate_batch_size=4),  # never in the key
     )}
     assert len(keys) == 1
     regen = [DataSpec.from_config(DataConfig(mixture="math=1.0", total=10, regenerate=True,
