@@ -103,7 +103,7 @@ def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
     Cached at `item.features_path` (beside the continuation) when set, so every later drafter,
     epoch evaluation or sweep trial on the same prompts pays no target work at all.
     """
-    ids = torch.tensor(item.prompt_ids + item.continuation, device=runner.device)
+    ids = item_ids(item, runner.device)
     path = Path(item.features_path) if item.features_path else None
     if path is not None and path.is_file():
         try:
@@ -121,7 +121,7 @@ def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
 
 
 def replay(
-    sessions: list[DrafterSession],
+    sessions: Sequence[DrafterSession | KnownTrees],
     strategy: Strategy,
     item: ReplayPrompt,
     features: torch.Tensor,  # [L + N, d] from teacher_features
@@ -130,13 +130,15 @@ def replay(
 ) -> ReplayResult:
     """Walk one continuation with `strategy` over `sessions`, as live T=0 decoding would.
 
-    block > 0 drafts the trees of `block` positions per batched drafter pass (`KnownTrees`);
-    block = 0 drafts step by step through the sessions, exactly as the live engine does.
+    block > 0 drafts the trees of `block` positions per batched drafter pass (`KnownTrees`;
+    pass `KnownTrees` of this item to share drafted trees between strategies over the same
+    drafters); block = 0 drafts step by step through the sessions, as the live engine does.
     """
-    seq = torch.tensor(item.prompt_ids + item.continuation, device=features.device)
+    seq = item_ids(item, features.device)
     start, total = len(item.prompt_ids), len(item.continuation)
     if block:
-        drafting = [KnownTrees(s, features, seq, block) for s in sessions]
+        drafting = [s if isinstance(s, KnownTrees) else KnownTrees(s, features, seq, block)
+                    for s in sessions]
     else:
         drafting = sessions
         for s in sessions:
@@ -198,6 +200,11 @@ class KnownTrees:
                 self.features[:n], self.seq[1 : n + 1], torch.arange(n, device=s.device),
                 causal_mask(0, n, s.dtype, s.device), self.cache,
             )
+
+
+def item_ids(item: ReplayPrompt, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[L + N] prompt + continuation ids: the teacher sequence replay walks."""
+    return torch.tensor(item.prompt_ids + item.continuation, device=device)
 
 
 def match_length(tree: DraftTree, upcoming: Sequence[int]) -> int:

@@ -12,9 +12,11 @@ from taps_ray.decoding.proposer import DrafterSession
 from taps_ray.decoding.strategies import strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.evaluation.replay import (
+    KnownTrees,
     ReplayPrompt,
     ReplayResult,
     continuations,
+    item_ids,
     replay,
     teacher_features,
 )
@@ -44,7 +46,12 @@ def replay_prompts(target, evaluation: EvaluationConfig, progress: bool = True
 def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree: TreeConfig,
                       prompts: list[ReplayPrompt], run_id: str | None = None,
                       progress: bool = True) -> list[ResultRow]:
-    """Replay every candidate on every prompt; target features are computed once per prompt."""
+    """Replay every candidate on every prompt.
+
+    Target features are computed once per prompt (and cached on disk), and each drafter's
+    trees once per prompt, shared by every strategy over it: a row's `wall_s` is its walk plus
+    whatever drafting no earlier row on the prompt had done.
+    """
     run_id = run_id or uuid.uuid4().hex[:12]
     runner = TargetRunner(target.model)
     head = runner.lm_head.weight
@@ -64,8 +71,11 @@ def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree:
     rows = []
     for item in _progress(prompts, progress):
         feats = teacher_features(runner, item)
+        seq = item_ids(item, feats.device)
+        known: dict[int, KnownTrees] = {}  # one per session: its trees serve every strategy
         for cand in candidates:
-            chosen = prepared[cand.label]
+            chosen = [known.setdefault(id(s), KnownTrees(s, feats, seq))
+                      for s in prepared[cand.label]]
             strategy = strategy_class(cand.strategy)(len(chosen), **(cand.options or {}))
             start = time.perf_counter()
             result = replay(chosen, strategy, item, feats, tree)

@@ -17,6 +17,7 @@ from taps_ray.evaluation.replay import (
     replay,
     teacher_features,
 )
+from taps_ray.evaluation.runner import Candidate, replay_candidates
 from taps_ray.models.drafter import untrained_drafter
 from tests.tiny import tiny_target
 
@@ -98,6 +99,32 @@ def test_teacher_features_are_cached_and_a_damaged_or_stale_file_is_recomputed(t
     other = ReplayPrompt("toy", "p", 0, [3, 1, 4], [2, 6], str(path))  # same file, other tokens
     assert teacher_features(runner, other).shape[0] == 5
     assert torch.equal(torch.load(path, weights_only=True)["ids"], torch.tensor([3, 1, 4, 2, 6]))
+
+
+def test_candidates_sharing_drafters_get_the_rows_of_separate_stepwise_replays():
+    target = tiny_target("llama")
+    tree = TreeConfig(12, 3, 3)
+    drafters = {"a": untrained_drafter(target, seed=1), "b": untrained_drafter(target, seed=2)}
+    candidates = [Candidate("a", "single", ["a"]), Candidate("b", "single", ["b"]),
+                  Candidate("route", "route-confidence", ["a", "b"]),
+                  Candidate("merged", "merged", ["a", "b"]),
+                  Candidate("bandit", "bandit", ["a", "b"]),
+                  Candidate("average", "average", ["a", "b"])]
+    items = []
+    for seed in range(2):
+        prompt = torch.randint(0, 32, (7,), generator=torch.Generator().manual_seed(seed)).tolist()
+        cont = generate_plain(target, prompt, GREEDY, 25, stop_token_ids=set()).tokens
+        items.append(ReplayPrompt("toy", f"p{seed}", 0, prompt, cont))
+    rows = replay_candidates(target, drafters, candidates, tree, items, progress=False)
+    engines = {c.label: SpeculativeEngine(target, [drafters[n] for n in c.drafter_names], tree,
+                                          c.strategy) for c in candidates}
+    for row in rows:
+        engine = engines[row.strategy]
+        item = next(i for i in items if i.prompt_id == row.prompt_id)
+        alone = replay(engine.sessions, engine.strategy, item,
+                       teacher_features(engine.runner, item), tree, block=0)
+        assert (row.steps, row.tau) == (alone.steps, pytest.approx(alone.tau))
+    assert len(rows) == len(candidates) * len(items)
 
 
 def test_match_length_follows_the_longest_matching_path():
