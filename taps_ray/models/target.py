@@ -7,10 +7,12 @@ it, so a killed conversion never leaves a folder that later loads half-written.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,16 +97,35 @@ def ensure_default_target() -> Path:
     if (final / _READY).is_file():
         return final
     gguf = _find_default_gguf()
-    _remove_stale_temps(final)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _convert_gguf(gguf, tmp)
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from an older layout
-        tmp.rename(final)
-    finally:
+    # One converter per machine: a second process (e.g. two Ray workers on a fresh cache) waits,
+    # then finds the folder ready instead of replacing it under a reader.
+    with _exclusive(cache_dir() / "locks" / f"{DEFAULT_TARGET}.lock"):
+        if (final / _READY).is_file():
+            return final
+        _remove_stale_temps(final)
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _convert_gguf(gguf, tmp)
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from an older layout
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock` (created if needed) for the block."""
+    import fcntl
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_stale_temps(final: Path) -> None:

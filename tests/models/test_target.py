@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -49,6 +50,24 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         target_mod.ensure_default_target()
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_concurrent_first_loads_convert_once_and_never_replace_a_ready_folder(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("TAPS_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def slow_convert(gguf, out):
+        calls.append(out)
+        out.mkdir(parents=True)
+        time.sleep(0.3)  # both callers are inside ensure_default_target meanwhile
+        (out / target_mod._READY).write_text("{}")
+
+    monkeypatch.setattr(target_mod, "_convert_gguf", slow_convert)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: target_mod.ensure_default_target(), range(2)))
+    assert len(calls) == 1
+    assert folders[0] == folders[1] and (folders[0] / target_mod._READY).is_file()
 
 
 @pytest.mark.slow
