@@ -10,6 +10,7 @@ continuation, commit accepted + bonus, jump ahead. Per extra drafter only drafte
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import re
@@ -29,6 +30,7 @@ from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import Strategy
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import DraftTree, children_lists
+from taps_ray.evaluation.report import write_atomic
 from taps_ray.models.target import cache_dir
 
 
@@ -91,9 +93,7 @@ def _continuation(target, record, turn, answers, max_new, folder: Path) -> Repla
                                 cached["continuation"], features)
     tokens = generate_plain(target, prompt_ids, SamplingParams(), max_new).tokens
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"prompt_ids": prompt_ids, "continuation": tokens}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"prompt_ids": prompt_ids, "continuation": tokens}).encode())
     return ReplayPrompt(record.source, record.id, turn, prompt_ids, tokens, features)
 
 
@@ -114,9 +114,9 @@ def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
             pass  # a damaged cache file is recomputed below
     features = runner.prefill(ids)
     if path is not None:
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({"ids": ids.cpu(), "features": features.cpu()}, tmp)
-        tmp.replace(path)
+        blob = io.BytesIO()
+        torch.save({"ids": ids.cpu(), "features": features.cpu()}, blob)
+        write_atomic(path, blob.getvalue())
     return features
 
 
@@ -137,25 +137,21 @@ def replay(
     seq = item_ids(item, features.device)
     start, total = len(item.prompt_ids), len(item.continuation)
     if block:
-        drafting = [s if isinstance(s, KnownTrees) else KnownTrees(s, features, seq, block)
+        sessions = [s if isinstance(s, KnownTrees) else KnownTrees(s, features, seq, block)
                     for s in sessions]
-    else:
-        drafting = sessions
-        for s in sessions:
-            s.reset()
-            s.extend(features[:start], seq[1 : start + 1])
+    for s in sessions:
+        s.reset()
+        s.extend(features[:start], seq[1 : start + 1])
     strategy.start()
     result, done = ReplayResult(), 1  # the prefill emitted continuation[0]
     while done < total:
-        for known in drafting if block else ():
-            known.length = start + done
-        proposal = strategy.propose(drafting, tree)
+        proposal = strategy.propose(sessions, tree)
         matched = match_length(proposal.tree, item.continuation[done:])
         strategy.observe(proposal, matched)
         committed = min(matched + 1, total - done)
         _record(result, proposal, matched, committed)
         pos = start + done - 1  # position of the root (last committed token)
-        for s in sessions if not block else ():
+        for s in sessions:
             s.extend(features[pos : pos + committed], seq[pos + 1 : pos + 1 + committed])
         done += committed
     return result
@@ -169,25 +165,34 @@ class KnownTrees:
     depends on S only. The live engine pays `depth + 1` small drafter calls per step, whose
     fixed cost dominates on CPU; here one call per round serves `block` positions, drafted on
     first use (a drafter that sits out, as under prompt routing, drafts nothing more).
-    Stands in for a `DrafterSession` in strategies: `draft` returns the tree at `length`.
+    Stands in for a `DrafterSession` in `replay` and strategies (`reset`, `extend` and `draft`
+    only track the position; drafted trees are kept across resets, so strategies over the same
+    drafter share them).
     """
 
     def __init__(self, session: DrafterSession, features: torch.Tensor, seq: torch.Tensor,
                  block: int = 32):
         self.session, self.features, self.seq, self.block = session, features, seq, block
-        self.length = 0  # committed length S of the step being drafted
+        self.length = 0  # committed pairs, as in DrafterSession: the next tree is at S = length + 1
         self.trees: dict[int, DraftTree] = {}
         self.cache = None  # the drafter's cache over every teacher pair
         self.hidden: torch.Tensor | None = None  # [pairs, d] its output at each pair
 
+    def reset(self) -> None:
+        self.length = 0
+
+    def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        self.length += next_tokens.numel()  # the pairs are the teacher's: nothing to run
+
     def draft(self, tree: TreeConfig) -> DraftTree:
-        if self.length not in self.trees:
+        committed = self.length + 1
+        if committed not in self.trees:
             if self.cache is None:
                 self._run_teacher_pairs()
-            lengths = range(self.length, min(self.length + self.block, self.seq.numel()))
+            lengths = range(committed, min(committed + self.block, self.seq.numel()))
             trees = draft_at_positions(self.session, self.cache, self.hidden, lengths, tree)
             self.trees.update(zip(lengths, trees, strict=True))
-        return self.trees[self.length]
+        return self.trees[committed]
 
     def _run_teacher_pairs(self) -> None:
         """Pairs (f_t, x_{t+1}) for t = 0..n-1, n = len(seq) - 2: all a last tree needs."""

@@ -385,8 +385,10 @@ def write_report(report: Report, out: str | Path) -> list[Path]:
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write to a hidden temp name in the same folder, then rename: never a half file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write to a hidden temp name in the same folder, then rename: never a half file. The
+    temp name is per process, so concurrent writers of one path (parallel trials filling a
+    shared cache) never write into each other's temp file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
