@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from taps_ray.config.schema import TreeConfig
-from taps_ray.decoding.proposer import DrafterSession
+from taps_ray.decoding.proposer import make_session
 from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
 from taps_ray.decoding.strategies import Proposal, strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
@@ -103,7 +103,7 @@ class SpeculativeEngine:
         kind = strategy_class(strategy, strategy_options)
         drafters = kind.prepare_drafters(list(drafters), **strategy_options)
         self.strategy = kind(len(drafters), **strategy_options)
-        self.sessions = [DrafterSession(d, self.runner.embed, head) for d in drafters]
+        self.sessions = [make_session(d, self.runner.embed, head) for d in drafters]
         self.tree = tree
 
     def generate(
@@ -149,7 +149,7 @@ class SpeculativeEngine:
         root = _pick(self.runner.logits(feats[-1:]), sampling, gen)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         for s in self.sessions:
-            s.reset()
+            s.reset(int(prompt[0]))  # x_0: no pair carries it, token-only sessions need it
             s.extend(feats, nxt)  # pairs (f_t, x_{t+1}) for t = 0..L-1
         return root
 

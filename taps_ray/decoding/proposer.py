@@ -3,18 +3,64 @@
 Pair t of the drafter's input is (f_t, x_{t+1}): the target feature at t and the next token. The
 output at pair t predicts f_{t+1}, whose logits propose x_{t+2}. With a committed sequence of S
 tokens (x_{S-1} = root, not yet verified), the drafter's cache holds pairs 0..S-2.
+
+Every drafter kind runs over a sequence through the `Session` protocol (reset / extend / draft);
+`make_session` builds the right one for a drafter. Sessions that also offer lockstep
+`draft_rounds` over an LM head (`LockstepSession`) share its matmuls in `draft_many`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.kv import additive_mask, causal_mask, crop_cache
+from taps_ray.decoding.prompt_lookup import PromptLookupDrafter, PromptLookupSession
 from taps_ray.decoding.tree import DraftTree, select_tree
+
+
+@runtime_checkable
+class Session(Protocol):
+    """One drafter over one sequence, as strategies, the engine and replay drive it."""
+
+    def reset(self, first_token: int | None = None) -> None:
+        """Start a new sequence whose first token is x_0 (no pair carries x_0 as next token;
+        sessions that read tokens alone need it, feature-driven ones ignore it)."""
+
+    def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """Append committed pairs: features [m, d] at t, next_tokens [m] = x_{t+1}."""
+
+    def draft(self, tree: TreeConfig) -> DraftTree:
+        """The draft tree under the root x_{S-1} (size 0 when there is nothing to propose)."""
+
+
+@runtime_checkable
+class LockstepSession(Protocol):
+    """A session whose drafting can run in lockstep with others (see `draft_many`).
+
+    `head` [V', d]: the LM-head rows its log-probs score; `drafter.draft_vocab` [V'] their
+    target ids (None: the full vocabulary), which groups sessions sharing one head matmul.
+    """
+
+    head: torch.Tensor
+    drafter: Any
+
+    def draft(self, tree: TreeConfig) -> DraftTree: ...
+
+    def draft_rounds(self, tree: TreeConfig) -> Generator[torch.Tensor, torch.Tensor, DraftTree]:
+        ...
+
+
+def make_session(drafter: Any, embed: torch.nn.Module, lm_head_weight: torch.Tensor) -> Session:
+    """The session that runs `drafter` over one sequence: an EAGLE head gets a DrafterSession
+    (embedding and LM head are the target's), prompt lookup its n-gram session."""
+    if isinstance(drafter, PromptLookupDrafter):
+        return PromptLookupSession(drafter, lm_head_weight.device)
+    return DrafterSession(drafter, embed, lm_head_weight)
 
 
 @dataclass
@@ -44,7 +90,8 @@ class DrafterSession:
         self.last_hidden = None  # [d] output at the newest pair: the parent feature of depth 1
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # queued committed pairs
 
-    def reset(self) -> None:
+    def reset(self, first_token: int | None = None) -> None:
+        """New sequence; x_0 (`first_token`) reaches the head only as a feature, so it is unused."""
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.drafter.decoder.config)
@@ -176,18 +223,26 @@ def _ancestors(node: int, parents: list[int]) -> set[int]:
 
 
 @torch.inference_mode()
-def draft_many(sessions: Sequence[DrafterSession], tree: TreeConfig) -> list[DraftTree]:
-    """Trees of several drafters, run in lockstep so each round's LM-head calls are batched.
+def draft_many(sessions: Sequence[Session], tree: TreeConfig) -> list[DraftTree]:
+    """Trees of several drafters; lockstep sessions run together so each round's LM-head calls
+    are batched.
 
     The drafters' decoder layers differ and run one after another, but drafters that score
     the same rows of the target's frozen LM head (full vocabulary, or the same reduced one)
     share one [sum k, d] x [d, V'] matmul per round: memory-bound at large vocabularies, it
     costs about what one drafter's call costs. Drafters with different reduced vocabularies
     keep their own (already small) head calls: a union head measured slower on CPU
-    (benchmarks/draft_many.py). Output equals separate `draft` calls up to summation order.
+    (benchmarks/draft_many.py). Other sessions (prompt lookup, replay's known trees) draft on
+    their own. Output equals separate `draft` calls up to summation order.
     """
-    if len(sessions) == 1 or not all(isinstance(s, DrafterSession) for s in sessions):
-        return [s.draft(tree) for s in sessions]  # e.g. replay's trees, drafted in advance
+    lockstep = [i for i, s in enumerate(sessions) if isinstance(s, LockstepSession)]
+    if len(lockstep) < 2:
+        return [s.draft(tree) for s in sessions]
+    trees = dict(zip(lockstep, _lockstep([sessions[i] for i in lockstep], tree), strict=True))
+    return [trees[i] if i in trees else s.draft(tree) for i, s in enumerate(sessions)]
+
+
+def _lockstep(sessions: Sequence[LockstepSession], tree: TreeConfig) -> list[DraftTree]:
     groups = _head_groups(sessions)
     rounds = [s.draft_rounds(tree) for s in sessions]
     hidden: list[torch.Tensor | None] = [next(r) for r in rounds]
@@ -211,7 +266,7 @@ def draft_many(sessions: Sequence[DrafterSession], tree: TreeConfig) -> list[Dra
     return trees
 
 
-def _head_groups(sessions: Sequence[DrafterSession]) -> list[list[int]]:
+def _head_groups(sessions: Sequence[LockstepSession]) -> list[list[int]]:
     """Session indices grouped by the LM-head rows they score (same draft vocabulary)."""
     groups: list[list[int]] = []
     for i, s in enumerate(sessions):
