@@ -11,6 +11,7 @@ from taps_ray.errors import TapsError
 # Subcommand modules, imported lazily so `taps-ray --help` stays fast.
 _COMMANDS = (
     "taps_ray.cli.bench_cmd",
+    "taps_ray.cli.calibrate_cmd",
     "taps_ray.cli.config_cmd",
     "taps_ray.cli.data_cmd",
     "taps_ray.cli.generate_cmd",
