@@ -37,6 +37,8 @@ def render_report_html(report: Report) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     body = [f"<h1>taps-ray report</h1><p>{html.escape(report.summary)} Generated {stamp}.</p>"]
     body += [f'<p class="note">warning: {html.escape(note)}</p>' for note in report.notes]
+    if report.overview is not None:
+        body.append(overview_html(report.overview))
     kinds = {k.name: k for k in TABLES}
     for i, (temp, per) in enumerate(report.tables.items()):
         body.append(f"<h2>Temperature {temp_key(temp)}</h2>")
@@ -44,6 +46,10 @@ def render_report_html(report: Report) -> str:
             table_id = MAIN_TABLE_ID if i == 0 and name == "pooled-tau" else _id(name, temp)
             body.append(f"<h3>{html.escape(kinds[name].title)}</h3>")
             body.append(table_html(table, table_id, kinds[name].digits, "drafter / strategy"))
+        for speed in report.speed_at(temp):
+            body.append(f"<h3>{html.escape(speed.title)}</h3><p>{html.escape(speed.caption)}</p>")
+            body.append(table_html(speed.table, _id(speed.kind + _slug(speed.profile), temp), 2,
+                                   "drafter / strategy"))
     if not report.routing.empty:
         body.append("<h2>Routing shares</h2>")
         body.append(table_html(report.routing.set_index("temperature"), "routing", 3, "T"))
@@ -55,6 +61,20 @@ def render_report_html(report: Report) -> str:
         body.append("<h2>Plots</h2>")
         body += [figure_html(p.title, p.alt, p.png) for p in report.plots]
     return page("taps-ray report", "\n".join(body))
+
+
+def overview_html(overview) -> str:
+    """The opening block: chosen configuration, the per-benchmark glance table, the profile."""
+    parts = ['<section id="at-a-glance"><h2>At a glance</h2>',
+             f"<p><strong>Chosen configuration:</strong> {html.escape(overview.chosen)}</p>"]
+    parts += [f'<p class="note">note: {html.escape(n)}</p>' for n in overview.notes]
+    if not overview.table.empty:
+        parts.append(table_html(overview.table, "glance", 2, "benchmark"))
+    if overview.profile:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in overview.profile[1:])
+        parts.append(f"<p><strong>Hardware profile:</strong> "
+                     f"{html.escape(overview.profile[0].replace('`', ''))}</p><ul>{items}</ul>")
+    return "".join(parts) + "</section>"
 
 
 def page(title: str, body: str) -> str:
@@ -83,6 +103,10 @@ def figure_html(title: str, alt: str, png: bytes) -> str:
 
 def _cls(column) -> str:
     return ' class="mean"' if column == "mean" else ""
+
+
+def _slug(text: str) -> str:
+    return f"-{re.sub(r'[^A-Za-z0-9]+', '_', text)}" if text else ""
 
 
 def _id(name: str, temperature: float) -> str:

@@ -12,9 +12,13 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from taps_ray.evaluation.report import bench_order, temp_key
+
+CHAR_IN = 0.085  # inches per label character at the default 10 pt font (generous)
+CELL_W, CELL_H = 0.85, 0.42  # inches per heatmap column / label line
+ROW_LABEL_CHARS = 34  # longer row labels wrap onto a second line
 
 
 @dataclass(frozen=True)
@@ -47,13 +51,35 @@ def make_plots(tables: dict, rows, routing, diagnostics) -> list[Plot]:
 
 def tau_heatmap(table, temperature: float, name: str = "tau-heatmap",
                 title: str = "Pooled tau, drafter/strategy x benchmark") -> Plot:
-    """Annotated heatmap of a label x benchmark table (mean column included)."""
+    """Annotated heatmap of a label x benchmark table (mean column included).
+
+    The figure is sized from the labels: row labels are wrapped and give the left margin,
+    long column labels are rotated, and the PNG is cropped to everything drawn (tight bbox),
+    so no label overlaps another or is cut off.
+    """
+    heading = f"{title}, T={temp_key(temperature)}"
+    return _plot(heatmap_figure(table, heading), f"{name}-{_slug(temperature)}.png", heading,
+                 f"Heatmap of {title.lower()} at temperature {temp_key(temperature)}: "
+                 f"{table.shape[0]} rows, {table.shape[1]} columns.")
+
+
+def heatmap_figure(table, heading: str):
+    """The matplotlib Figure of `tau_heatmap` (tests measure its label boxes)."""
     values = table.to_numpy(dtype=float)
-    fig = _figure(1.2 + 1.1 * table.shape[1], 1.2 + 0.45 * table.shape[0])
+    rows = [_wrap(str(i), ROW_LABEL_CHARS) for i in table.index]
+    cols = [str(c) for c in table.columns]
+    rotate = max(map(len, cols), default=0) * CHAR_IN > CELL_W * 0.9
+    longest_row = max((len(line) for r in rows for line in r.split("\n")), default=0)
+    col_height = (max(map(len, cols), default=0) * CHAR_IN * 0.75) if rotate else 0.3
+    width = longest_row * CHAR_IN + CELL_W * len(cols) + 1.6
+    lines = max((r.count("\n") + 1 for r in rows), default=1)
+    height = 1.0 + col_height + CELL_H * max(len(rows), 1) * lines
+    fig = _figure(max(width, 4.5), height)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
-    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index])
+    ax.set_xticks(range(len(cols)), cols, rotation=40 if rotate else 0,
+                  ha="right" if rotate else "center", rotation_mode="anchor")
+    ax.set_yticks(range(len(rows)), rows)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for (r, c), v in np.ndenumerate(values):
@@ -61,10 +87,8 @@ def tau_heatmap(table, temperature: float, name: str = "tau-heatmap",
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8,
                     color="black" if v > middle else "white")
     fig.colorbar(image, ax=ax, label="tau")
-    ax.set_title(f"{title}, T={temp_key(temperature)}")
-    return _plot(fig, f"{name}-{_slug(temperature)}.png", f"{title}, T={temp_key(temperature)}",
-                 f"Heatmap of {title.lower()} at temperature {temp_key(temperature)}: "
-                 f"{table.shape[0]} rows, {table.shape[1]} columns.")
+    ax.set_title(_wrap(heading, max(int(width / CHAR_IN) - 6, 24)))
+    return fig
 
 
 def depth_curves(rows) -> dict[tuple[str, str], list[float]]:
@@ -209,16 +233,48 @@ def diagnostics_hist(diag, temperature: float) -> Plot:
                  "draft tokens.")
 
 
+def tv_plot(profile) -> Plot:
+    """Tv(n)/T1 against n, one line per measured KV length: what a tree of n tokens costs in
+    plain decoding steps on the profiled machine (y = 1: as cheap as one plain step)."""
+    from taps_ray.evaluation.speed_columns import profile_slug
+
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    for kv_len in sorted(profile.verify_s):
+        points = sorted(profile.verify_s[kv_len].items())
+        ax.plot([n for n, _ in points], [s / profile.t1_s for _, s in points], marker="o",
+                label=f"KV length {kv_len}")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="one plain step (T1)")
+    ax.set(xlabel="tree tokens verified per step n (root included)", ylabel="Tv(n) / T1")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    slug = profile_slug(profile)
+    ax.set_title(_wrap(f"Verify cost in plain steps, {slug}", 60))
+    return _plot(fig, f"verify-cost-{_slug(slug)}.png", f"Tv(n)/T1 of profile {slug}",
+                 f"Line plot of the verify time of an n-token tree over one plain decoding step "
+                 f"(T1 = {profile.t1_s * 1e3:.1f} ms) on {profile.key.device}, per KV length.")
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(min(width, 18.0), min(height, 14.0)), layout="constrained")
+    return Figure(figsize=(min(width, 24.0), min(height, 40.0)), layout="constrained")
 
 
 def _plot(fig, name: str, title: str, alt: str) -> Plot:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    # tight: the PNG holds every label and title drawn, whatever the figure size
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1)
     return Plot(name, title, alt, buffer.getvalue())
+
+
+def _wrap(text: str, width: int) -> str:
+    """Break a long label at spaces onto several lines of at most `width` characters."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
 
 
 def _split(label: str) -> tuple[str, str]:

@@ -12,7 +12,6 @@ Glossary:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taps_ray.errors import TapsError
+from taps_ray.evaluation.routing import diagnostics_summary, routing_shares  # noqa: F401 (API)
 
 BENCH_ORDER = ["mt_bench", "gsm8k", "math500", "svamp"]
 # A result row is unique by this key; a repeat means the same file was given twice.
@@ -49,13 +49,6 @@ def per_prompt_tau_table(df, temperature: float | None = None):
     return _pivot(tau.groupby([df["strategy"], df["benchmark"]]).mean())
 
 
-def tokens_per_s_table(df, temperature: float | None = None):
-    """Pooled throughput: sum(new_tokens) / sum(wall_s), so long prompts weigh by their time."""
-    df = _at(df, temperature)
-    sums = df.groupby(["strategy", "benchmark"])[["new_tokens", "wall_s"]].sum()
-    return _pivot(sums["new_tokens"] / sums["wall_s"].where(sums["wall_s"] > 0))
-
-
 def verify_table(df, temperature: float | None = None):
     """Tree tokens verified per step, pooled over steps (merged sum vs matched shows here)."""
     df = _at(df, temperature)
@@ -78,8 +71,6 @@ TABLES = [
     TableKind("pooled-tau", "Acceptance length tau (pooled over steps)", tau_table),
     TableKind("per-prompt-tau", "Acceptance length tau (mean over prompt turns)",
               per_prompt_tau_table),
-    TableKind("tokens-per-s", "Tokens/s (sum new_tokens / sum wall_s)", tokens_per_s_table,
-              ("new_tokens", "wall_s"), 1),
     TableKind("verify-tokens", "Verified tree tokens per step", verify_table,
               ("verify_tokens_per_step",), 1),
 ]
@@ -125,77 +116,6 @@ def _num(value) -> float | None:
 
 def temp_key(temperature: float) -> str:
     return f"{temperature:g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# routing shares and diagnostics
-
-
-def routing_shares(df):
-    """Per routed label and benchmark: share of steps and of prompt turns won by each drafter.
-
-    A drafter wins a prompt turn when it got the most steps; ties split the turn evenly.
-    Routed labels: strategies named route-*/bandit*, or any label whose rows routed steps to
-    two or more drafters (single drafters, averages and merged trees route to one name).
-    """
-    import pandas as pd
-
-    counts = df["route_counts"].map(_route_dict) if "route_counts" in df else None
-    if counts is None:
-        return pd.DataFrame()
-    names = counts.map(lambda c: set(c) - {"merged"}).groupby(df["strategy"]).agg(
-        lambda s: set().union(*s))
-    routed = {label for label, used in names.items()
-              if len(used) >= 2 or label.startswith(("route", "bandit"))}
-    records = []
-    sub = df.assign(_counts=counts)[df["strategy"].isin(routed)]
-    for (temp, label, bench), group in sub.groupby(["temperature", "strategy", "benchmark"]):
-        records += _shares(group["_counts"].tolist(), temp, label, bench)
-    shares = pd.DataFrame(records, columns=["temperature", "label", "benchmark", "drafter",
-                                            "step_share", "prompt_share"])
-    rank = shares["benchmark"].map(lambda b: (BENCH_ORDER + [b]).index(b))  # paper order first
-    order = shares.assign(_rank=rank).sort_values(["temperature", "label", "_rank", "benchmark"])
-    return order.drop(columns="_rank").reset_index(drop=True)
-
-
-def _shares(rows: list[dict], temp: float, label: str, bench: str) -> list[dict]:
-    steps: dict[str, float] = {}
-    wins: dict[str, float] = {}
-    for counts in rows:
-        for name, n in counts.items():
-            steps[name] = steps.get(name, 0) + n
-        top = max(counts.values(), default=0)
-        winners = [name for name, n in counts.items() if n == top and top > 0]
-        for name in winners:
-            wins[name] = wins.get(name, 0) + 1 / len(winners)
-    total_steps, total_prompts = sum(steps.values()) or 1, len(rows) or 1
-    return [dict(temperature=float(temp), label=label, benchmark=bench, drafter=name,
-                 step_share=steps[name] / total_steps,
-                 prompt_share=wins.get(name, 0) / total_prompts) for name in sorted(steps)]
-
-
-def _route_dict(value) -> dict[str, float]:
-    if not isinstance(value, str) or not value.strip():
-        return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        return {}
-    return {str(k): float(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}
-
-
-def diagnostics_summary(diag):
-    """Mean draft confidence / entropy of accepted vs rejected tokens per temperature and label."""
-    import pandas as pd
-
-    if diag is None or diag.empty:
-        return pd.DataFrame()
-    stats = diag.groupby(["temperature", "strategy", "kind"]).agg(
-        confidence=("confidence", "mean"), entropy=("entropy", "mean"), n=("confidence", "size"))
-    wide = stats.unstack("kind")
-    wide.columns = [f"{stat}_{kind}" for stat, kind in wide.columns]
-    order = [f"{s}_{k}" for s in ("confidence", "entropy", "n") for k in ("accepted", "rejected")]
-    return wide.reindex(columns=[c for c in order if c in wide.columns]).reset_index()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +228,10 @@ class Report:
     diagnostics: object  # DataFrame, see diagnostics_summary
     duplicates: int
     plots: list = field(default_factory=list)  # list[plots.Plot]
+    speed: list = field(default_factory=list)  # list[speed_columns.SpeedTable]
+    overview: object = None  # summary.Overview: the opening block
+    profile: object = None  # taps_ray.speed CostProfile, when one was given
+    warnings: list[str] = field(default_factory=list)  # more notes (e.g. unpriced rows)
 
     @property
     def summary(self) -> str:
@@ -319,32 +243,68 @@ class Report:
     @property
     def notes(self) -> list[str]:
         """Warnings for the reader, shown on stderr, in tables.md and in report.html."""
-        if not self.duplicates:
-            return []
-        return [f"{self.duplicates} result rows repeat a ({', '.join(KEY)}) key already seen; "
-                "all are counted (a file was probably given twice)"]
+        notes = list(self.warnings)
+        if self.duplicates:
+            notes.append(f"{self.duplicates} result rows repeat a ({', '.join(KEY)}) key "
+                         "already seen; all are counted (a file was probably given twice)")
+        return notes
+
+    def speed_at(self, temperature: float) -> list:
+        return [t for t in self.speed if t.temperature == temperature]
 
 
-def build_report(paths: list[str], with_plots: bool = True) -> Report:
+def build_report(paths: list[str], with_plots: bool = True, best_config=None,
+                 profile=None) -> Report:
+    """Tables, speed tables, opening summary and plots of the result rows under `paths`.
+
+    best_config: a best_config.yaml path or its dict (the chosen configuration), or None.
+    profile: a taps_ray.speed CostProfile or its JSON path; replay rows without a predicted
+    speed are priced with it, and the summary quotes its T1 and Tv(n)/T1.
+    """
     from taps_ray.evaluation import plots
+    from taps_ray.evaluation.speed_columns import fill_predicted, speed_tables
+    from taps_ray.evaluation.summary import build_overview
 
     inputs = load_inputs(paths)
+    profile = _load_profile(profile)
+    warnings: list[str] = []
+    if profile is not None:
+        inputs.rows = fill_predicted(inputs.rows, profile, warnings)
     rows = inputs.rows
-    report = Report(inputs, build_tables(rows), routing_shares(rows),
-                    diagnostics_summary(inputs.diagnostics), duplicate_count(rows))
+    tables = build_tables(rows)
+    report = Report(inputs, tables, routing_shares(rows), diagnostics_summary(inputs.diagnostics),
+                    duplicate_count(rows), speed=speed_tables(rows, profile),
+                    overview=build_overview(rows, tables, best_config, profile),
+                    profile=profile, warnings=warnings)
     if with_plots:
-        report.plots = plots.make_plots(report.tables, rows, report.routing, inputs.diagnostics)
+        report.plots = plots.make_plots(tables, rows, report.routing, inputs.diagnostics)
+        report.plots[:0] = [plots.tv_plot(profile)] if profile is not None else []
     return report
 
 
+def _load_profile(profile):
+    if profile is None or not isinstance(profile, str | Path):
+        return profile
+    from taps_ray.speed.profile import load_profile
+
+    return load_profile(profile)
+
+
 def render_markdown(report: Report) -> str:
+    from taps_ray.evaluation.summary import overview_markdown
+
     out = [f"# taps-ray report\n\n{report.summary}"]
     out += [f"\n> warning: {note}" for note in report.notes]
+    if report.overview is not None:
+        out.append(overview_markdown(report.overview))
     kinds = {k.name: k for k in TABLES}
     for temp, per in report.tables.items():
         for name, table in per.items():
             out.append(f"\n## {kinds[name].title}, T={temp_key(temp)}\n\n"
                        + to_markdown(table, kinds[name].digits))
+        for speed in report.speed_at(temp):
+            out.append(f"\n## {speed.title}, T={temp_key(temp)}\n\n{speed.caption}\n\n"
+                       + to_markdown(speed.table, 2))
     if not report.routing.empty:
         out.append("\n## Routing shares (steps and prompt turns per drafter)\n\n"
                    + to_markdown(report.routing.set_index("temperature"), 3, "T"))
@@ -366,8 +326,10 @@ def render_csv(tables: dict[float, dict[str, object]]) -> str:
 
 
 def write_report(report: Report, out: str | Path) -> list[Path]:
-    """Write tables.md/.csv, PNGs and report.html to `out`, each via a temp file and a rename."""
+    """Write tables.md/.csv, speed.csv, PNGs and report.html to `out`, each via a temp file and
+    a rename."""
     from taps_ray.evaluation.html import render_report_html
+    from taps_ray.evaluation.speed_columns import render_speed_csv
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -375,6 +337,8 @@ def write_report(report: Report, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"tables.md": render_markdown(report).encode(),
              "tables.csv": render_csv(report.tables).encode()}
+    if report.speed:
+        files["speed.csv"] = render_speed_csv(report.speed).encode()
     if not report.routing.empty:
         files["routing.csv"] = report.routing.to_csv(index=False).encode()
     if not report.diagnostics.empty:

@@ -8,6 +8,7 @@ run folder, via a temp name and a rename, so many nodes can write to one storage
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -39,7 +40,7 @@ class ResultRow:
     steps: int
     tau: float
     wall_s: float
-    tokens_per_s: float
+    tokens_per_s: float  # measured decoding speed: live rows only, NaN in replay rows (below)
     verify_tokens_per_step: float
     accepted_by_depth: list[float]
     route_counts: str  # json {drafter name: steps routed to it}
@@ -47,9 +48,18 @@ class ResultRow:
     depth: int
     top_k: int
     mode: str = "live"  # live decoding, or replay (T = 0 without decoding)
+    # tau / step seconds from a machine profile (taps_ray.speed), never measured; replay rows
+    predicted_tokens_per_s: float = math.nan
+    profile: str = ""  # the profile's slug behind predicted_tokens_per_s; "" when none
     node: str = field(default_factory=lambda: os.uname().nodename)
     git_rev: str = field(default_factory=lambda: git_rev())
     created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        # A replay row's wall time is drafter work over a cached continuation, not decoding:
+        # it must never read as a decoding speed (DESIGN.md §3).
+        if self.mode == "replay":
+            self.tokens_per_s = math.nan
 
 
 COLUMNS = [f.name for f in fields(ResultRow)]

@@ -58,8 +58,10 @@ def test_tokens_per_s_and_verify_tables_are_pooled(tmp_path):
             row("a-eagle2", "gsm8k", "p2", 2.0, 30, new_tokens=60, wall_s=3.0,
                 verify_tokens_per_step=8.0)]
     write_rows(rows, str(tmp_path), "r1")
-    tables = build_report([str(tmp_path)], with_plots=False).tables[0.0]
-    assert tables["tokens-per-s"].loc["a-eagle2", "gsm8k"] == pytest.approx(80 / 4)
+    report = build_report([str(tmp_path)], with_plots=False)
+    (speed,) = report.speed_at(0.0)  # live rows (the default mode) only
+    assert speed.table.loc["a-eagle2", "tokens/s"] == pytest.approx(80 / 4)
+    tables = report.tables[0.0]
     assert tables["verify-tokens"].loc["a-eagle2", "gsm8k"] == pytest.approx((40 + 240) / 40)
 
 
@@ -87,7 +89,8 @@ def test_two_folders_aggregate_and_json_cli(tmp_path, capsys):
     assert {"tables.md", "tables.csv", "report.html"} <= names
     assert any(n.endswith(".png") for n in names) and not any(n.endswith(".tmp") for n in names)
     csv = pd.read_csv(out / "tables.csv")
-    assert set(csv["table"]) == {"pooled-tau", "per-prompt-tau", "tokens-per-s", "verify-tokens"}
+    assert set(csv["table"]) == {"pooled-tau", "per-prompt-tau", "verify-tokens"}
+    assert set(pd.read_csv(out / "speed.csv")["table"]) == {"live-speed"}
     assert "| math-eagle2 | 1.50 | 3.50 | 2.50 |" in (out / "tables.md").read_text()
 
 
