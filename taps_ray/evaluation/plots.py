@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import MaxNLocator
 
 from taps_ray.evaluation.report import bench_order, temp_key
 
@@ -231,30 +231,6 @@ def diagnostics_hist(diag, temperature: float) -> Plot:
     return _plot(fig, f"diagnostics-{_slug(temperature)}.png", title,
                  "Histograms of draft confidence and draft entropy for accepted and rejected "
                  "draft tokens.")
-
-
-def tv_plot(profile) -> Plot:
-    """Tv(n)/T1 against n, one line per measured KV length: what a tree of n tokens costs in
-    plain decoding steps on the profiled machine (y = 1: as cheap as one plain step)."""
-    from taps_ray.evaluation.speed_columns import profile_slug
-
-    fig = _figure(6.4, 4.0)
-    ax = fig.add_subplot()
-    for kv_len in sorted(profile.verify_s):
-        points = sorted(profile.verify_s[kv_len].items())
-        ax.plot([n for n, _ in points], [s / profile.t1_s for _, s in points], marker="o",
-                label=f"KV length {kv_len}")
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="one plain step (T1)")
-    ax.set(xlabel="tree tokens verified per step n (root included)", ylabel="Tv(n) / T1")
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    slug = profile_slug(profile)
-    ax.set_title(_wrap(f"Verify cost in plain steps, {slug}", 60))
-    return _plot(fig, f"verify-cost-{_slug(slug)}.png", f"Tv(n)/T1 of profile {slug}",
-                 f"Line plot of the verify time of an n-token tree over one plain decoding step "
-                 f"(T1 = {profile.t1_s * 1e3:.1f} ms) on {profile.key.device}, per KV length.")
 
 
 def _figure(width: float, height: float):

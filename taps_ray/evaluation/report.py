@@ -278,7 +278,10 @@ def build_report(paths: list[str], with_plots: bool = True, best_config=None,
                     profile=profile, warnings=warnings)
     if with_plots:
         report.plots = plots.make_plots(tables, rows, report.routing, inputs.diagnostics)
-        report.plots[:0] = [plots.tv_plot(profile)] if profile is not None else []
+        if profile is not None:
+            from taps_ray.speed.plot import verify_curve_plot
+
+            report.plots.insert(0, verify_curve_plot(profile))
     return report
 
 

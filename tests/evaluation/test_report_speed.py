@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from taps_ray.cli import main
 from taps_ray.errors import TapsError
-from taps_ray.evaluation.plots import heatmap_figure, tv_plot
+from taps_ray.evaluation.plots import heatmap_figure
 from taps_ray.evaluation.report import build_report, write_report
 from taps_ray.evaluation.results import ResultRow, write_rows
 from taps_ray.evaluation.speed_columns import (
@@ -149,7 +149,7 @@ def test_predicted_table_is_separate_and_labelled(tmp_path):
     assert "Tv(n)/T1 (verify an n-token tree, in plain steps): n=1: 1.00, n=4: 1.30" in text
     page = (tmp_path / "out" / "report.html").read_text()
     assert 'id="at-a-glance"' in page and f'id="predicted-speed-{slug.replace("-", "_")}' in page
-    assert any(p.name.startswith("verify-cost-") for p in (tmp_path / "out").iterdir())
+    assert (tmp_path / "out" / "verify-cost.png").is_file()
 
 
 def chosen_rows() -> list[ResultRow]:
@@ -244,6 +244,7 @@ def test_heatmap_labels_do_not_overlap():
         assert box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1, text.get_text()
 
 
-def test_tv_plot_is_a_png():
-    plot = tv_plot(profile())
-    assert plot.png.startswith(b"\x89PNG") and "T1 = 50.0 ms" in plot.alt
+def test_profile_adds_the_verify_cost_plot(tmp_path):
+    write_rows(speed_rows(), str(tmp_path), "r")
+    plot = build_report([str(tmp_path)], profile=profile()).plots[0]
+    assert plot.name == "verify-cost.png" and plot.png.startswith(b"\x89PNG")
