@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from taps_ray.errors import TapsError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
@@ -15,7 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--ray", action="store_true",
                        help="spread the work units over a Ray cluster's workers")
     bench.add_argument("--address", default=None,
-                       help="Ray address (default: start a local Ray, or RAY_ADDRESS)")
+                       help="with --ray: Ray address (default: RAY_ADDRESS, a running cluster, or "
+                            "a new one); a cluster with token auth needs RAY_AUTH_TOKEN or "
+                            "~/.ray/auth_token")
     bench.add_argument("--workers", type=int, default=0,
                        help="with --ray: worker actors (default: one per available CPU slot)")
     bench.add_argument("--json", action="store_true", help="print the pooled tau table as JSON")
@@ -30,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from taps_ray.evaluation.report import tau_table, to_markdown
     from taps_ray.evaluation.results import read_rows
 
+    if args.address and not args.ray:
+        raise TapsError("--address needs --ray (without it the bench runs in this process)")
     cfg = load_config(BenchConfig, args.config, args.overrides)
     if args.ray:
         from taps_ray.distributed.bench import run_bench_ray

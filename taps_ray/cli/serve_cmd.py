@@ -6,12 +6,17 @@ CONFIG is one of:
 - a sweep's best configuration (`DIR/best_config.yaml`: target, drafters, strategy,
   strategy_options, tree);
 - a ServeConfig mapping (the `args:` of a Serve app, see taps_ray/serving/config.py).
+
+A host other machines can reach (anything but loopback) is refused unless every app names an
+`api_key_env`, or opts out by name with `allow_unauthenticated: true` (private networks only).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
+import os
 import signal
 import time
 from pathlib import Path
@@ -30,6 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the app args")
     p.add_argument("--host", help=f"bind address (default: config, else {DEFAULT_HOST})")
     p.add_argument("--port", type=int, help=f"port (default: config, else {DEFAULT_PORT})")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to deploy onto (default: RAY_ADDRESS, a running cluster, "
+                        "or a new one); a cluster with token auth needs RAY_AUTH_TOKEN or "
+                        "~/.ray/auth_token")
     p.add_argument("--check", action="store_true", help="validate, print the plan, serve nothing")
     p.set_defaults(func=run)
 
@@ -38,12 +47,16 @@ def run(args: argparse.Namespace) -> int:
     http, apps = read_plan(Path(args.config), args.overrides)
     http = {**http, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v}}
     builds = [(app, _builder(app["import_path"])) for app in apps]
+    check_exposure(http, apps)
     if args.check:
         return _print_plan(http, builds)
+    _check_keys(builds)
     import ray
     from ray import serve
 
-    _check_keys(builds)
+    from taps_ray.distributed.runtime import connect
+
+    connect(args.address)  # token checks first: one sentence, not Ray's retry loop
     try:
         serve.start(http_options=http)
         for app, builder in builds:
@@ -118,10 +131,40 @@ def _builder(import_path: str):
         ) from None
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def check_exposure(http: dict[str, Any], apps: list[dict[str, Any]]) -> None:
+    """A host other machines can reach needs api_key_env on every app, or the named opt-out
+    `allow_unauthenticated: true` (for private networks); else one sentence, nothing starts."""
+    host = str(http.get("host", DEFAULT_HOST))
+    if is_loopback(host):
+        return
+    for app in apps:
+        args = app.get("args") or {}
+        if args.get("api_key_env"):
+            continue
+        name = app.get("name", "default")
+        if args.get("allow_unauthenticated") is True:
+            print(f"warning: app {name} on {host} accepts requests without an API key "
+                  "(allow_unauthenticated)", flush=True)
+            continue
+        raise TapsError(
+            f"http host '{host}' accepts connections from other machines but app '{name}' has "
+            "no api_key_env; set api_key_env to the name of an env var holding the key, bind "
+            "127.0.0.1, or add allow_unauthenticated=true on a private network"
+        )
+
+
 def _check_keys(builds: list) -> None:
     """An API key env var named in the config must be set here (Ray's workers inherit it)."""
-    import os
-
     for app, _ in builds:
         name = (app.get("args") or {}).get("api_key_env")
         if name and not os.environ.get(name, "").strip():

@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--storage-path", default=None,
                        help="where trials, checkpoints and results go (folder or s3://...)")
     sweep.add_argument("--address", default=None,
-                       help="Ray address (default: RAY_ADDRESS, a running cluster, or a new one)")
+                       help="Ray address (default: RAY_ADDRESS, a running cluster, or a new one); "
+                            "a cluster with token auth needs RAY_AUTH_TOKEN or ~/.ray/auth_token")
     sweep.set_defaults(func=run)
 
 

@@ -68,6 +68,8 @@ class ServeConfig:
     max_tokens_limit: int = 1024  # larger max_tokens get 400 (bounds one request's cost)
     max_context: int = 0  # prompt + max_tokens limit; 0: the target's max_position_embeddings
     api_key_env: str = ""  # name of an env var holding the API key; empty: no auth
+    # serve a non-loopback host without api_key_env (private networks only; else refused)
+    allow_unauthenticated: bool = False
     engines_per_replica: int = 1  # requests decoded at once per replica (threads)
     torch_threads: int = 0  # intra-op threads per replica; 0: torch's default
     num_replicas: int = 1  # fixed replica count (ignored when autoscaling is set)
