@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the "
                                                  "serving default, bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--kernels", default="auto", help="auto | default | prepacked: the target's "
+                   "linear kernels, as serving loads them (auto: prepacked on CPU fp32)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument("--out", default=None, help="profile file (default: <cache>/profiles/...)")
     p.add_argument("--kv-lens", default=None, help="KV lengths of Tv(n), e.g. 128,512")
@@ -43,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     device = parse_device(args.device)
     _set_threads(args.threads)
-    target = load_target(args.target, device=device, dtype=args.dtype)
-    key = current_key(args.target, target.dtype, target.device, kernels=kernel_variant(target))
+    target = load_target(args.target, device=device, dtype=args.dtype, kernels=args.kernels)
+    key = current_key(args.target, target.dtype, target.device, kernels=target.kernels)
     out = Path(args.out) if args.out else default_profile_path(key)
     _check_out(out, key)
     drafters = load_drafters(args.drafters or ["untrained"], target)
@@ -111,14 +113,6 @@ def _set_threads(threads: int) -> None:
         raise TapsError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
-
-
-def kernel_variant(target) -> str:
-    """The target's kernel variant as serving loads it ('default' until target loading has one)."""
-    from taps_ray.models import target as target_module
-
-    variant = getattr(target_module, "kernel_variant", None)
-    return str(variant(target.model)) if variant is not None else "default"
 
 
 def _check_out(out: Path, key) -> None:

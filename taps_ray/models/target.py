@@ -35,6 +35,7 @@ class Target:
     tokenizer: object  # PreTrainedTokenizerBase with a chat template
     device: torch.device
     dtype: torch.dtype
+    kernels: str = "default"  # how the decoder's linear layers run (see `KERNELS`)
 
 
 def cache_dir() -> Path:
@@ -50,20 +51,72 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+# "default": PyTorch's own matmuls. "prepacked": oneDNN linear layers whose weights are laid out
+# once at load; on CPU the matrix-matrix path otherwise repacks every weight on every call, which
+# makes verifying a few tokens cost 1.5-1.65 plain steps (issue 14's measurement).
+KERNELS = ("auto", "default", "prepacked")
+
+
 def load_target(
     name_or_path: str = DEFAULT_TARGET,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    kernels: str = "auto",
 ) -> Target:
-    """Load the target model and tokenizer, frozen and in eval mode."""
+    """Load the target model and tokenizer, frozen and in eval mode.
+
+    `kernels="auto"` prepacks the decoder's linear layers on CPU in fp32 (where oneDNN is
+    built in) and keeps PyTorch's matmuls elsewhere; plain and speculative decoding then run
+    the same kernels, so their greedy outputs stay identical.
+    """
     from transformers import AutoModelForCausalLM
 
+    if kernels not in KERNELS:
+        raise TapsError(f"target kernels '{kernels}' is unknown; use one of {', '.join(KERNELS)}")
     dev = torch.device(device) if device is not None else default_device()
     dt = _parse_dtype(dtype) if dtype is not None else default_dtype(dev)
     folder = resolve_target_folder(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dt).to(dev)
     model.eval().requires_grad_(False)
-    return Target(name_or_path, model, load_tokenizer(folder), dev, dt)
+    chosen = _resolve_kernels(kernels, dev, dt)
+    if chosen == "prepacked":
+        prepack_linears(model.get_decoder())
+    return Target(name_or_path, model, load_tokenizer(folder), dev, dt, chosen)
+
+
+def _resolve_kernels(kernels: str, device: torch.device, dtype: torch.dtype) -> str:
+    fits = device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    if kernels == "prepacked" and not fits:
+        raise TapsError(
+            "target kernels 'prepacked' need a CPU, fp32 and a PyTorch built with oneDNN; "
+            "use kernels 'default' (or 'auto')"
+        )
+    if kernels == "auto":
+        return "prepacked" if fits else "default"
+    return kernels
+
+
+def prepack_linears(module: torch.nn.Module) -> int:
+    """Swap every `nn.Linear` under `module` for a oneDNN linear with prepacked weights.
+
+    Inference only (no autograd through it). The LM head is left alone: drafters read its
+    weight. Returns how many layers were swapped.
+    """
+    from torch.utils.mkldnn import MkldnnLinear
+
+    names = [n for n, m in module.named_modules() if type(m) is torch.nn.Linear]
+    for name in names:
+        linear = module.get_submodule(name)
+        module.set_submodule(name, MkldnnLinear(linear, linear.weight.dtype))
+    return len(names)
+
+
+def kernel_variant(model: torch.nn.Module) -> str:
+    """'prepacked' when `prepack_linears` ran on the model's decoder, else 'default'."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    packed = any(isinstance(m, MkldnnLinear) for m in model.modules())
+    return "prepacked" if packed else "default"
 
 
 def load_tokenizer(name_or_path: str) -> object:
