@@ -12,7 +12,8 @@ from taps_ray.errors import TapsError
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="speculative decoding of one prompt")
     p.add_argument("--target", default=DEFAULT_TARGET, help="alias, hub id or local HF folder")
-    p.add_argument("--drafter", default="untrained", help="drafter folder, or 'untrained'")
+    p.add_argument("--drafter", default="untrained",
+                   help="drafter folder, 'untrained', or 'prompt-lookup[:num_tokens=10,...]'")
     p.add_argument("--prompt", required=True, help="prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -77,9 +78,9 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
 
 
 def _drafter(spec: str, target):
-    from taps_ray.models.drafter import load_drafter, untrained_drafter
+    from taps_ray.decoding.prompt_lookup import load_drafter_spec
 
-    return untrained_drafter(target) if spec == "untrained" else load_drafter(spec, target)
+    return load_drafter_spec(spec, target)
 
 
 def _report(target, result) -> dict:

@@ -12,8 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from taps_ray.config.schema import TreeConfig
-from taps_ray.decoding.proposer import DrafterSession, draft_many
+from taps_ray.decoding.proposer import Session, draft_many
 from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
 
@@ -41,7 +43,7 @@ class Strategy:
     def start(self) -> None:
         """Called once per prompt/turn, before the first step."""
 
-    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+    def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
         raise NotImplementedError
 
     def observe(self, proposal: Proposal, accepted: int) -> None:
@@ -91,7 +93,7 @@ class Single(Strategy):
         if num_drafters != 1:
             raise TapsError(f"strategy 'single' takes exactly one drafter, got {num_drafters}")
 
-    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+    def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
         return Proposal(sessions[0].draft(tree), route=0, drafted=[0])
 
 
@@ -106,6 +108,10 @@ class Average(Single):
     def prepare_drafters(cls, drafters: list, weights: Sequence[float] | None = None) -> list:
         from taps_ray.training.averaging import average_drafters
 
+        weightless = [d.meta.name for d in drafters if not isinstance(d, torch.nn.Module)]
+        if weightless:
+            raise TapsError(f"strategy 'average' combines drafter weights and '{weightless[0]}' "
+                            "has none; use merged, route-confidence or bandit with it")
         return [average_drafters(drafters, weights)]
 
 
@@ -144,7 +150,7 @@ class _Router(Strategy):
         self.seen = 0
         self.winner: int | None = None
 
-    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+    def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
         if self.winner is not None:
             return Proposal(sessions[self.winner].draft(tree), self.winner, [self.winner])
         trees = draft_many(sessions, tree)
@@ -183,7 +189,7 @@ class Merged(Strategy):
             raise TapsError(f"budget must be 'sum' or 'matched', got '{budget}'")
         self.budget = budget
 
-    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+    def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
         trees = draft_many(sessions, tree)
         total = tree.total_tokens if self.budget == "matched" else None
         return Proposal(merge_trees(trees, total), None, list(range(len(sessions))))
@@ -219,7 +225,7 @@ class Bandit(Strategy):
         ]
         return _best(ucb, True)
 
-    def propose(self, sessions: list[DrafterSession], tree: TreeConfig) -> Proposal:
+    def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
         self.depth = tree.depth + 1
         pick = self.choose()
         return Proposal(sessions[pick].draft(tree), pick, [pick])

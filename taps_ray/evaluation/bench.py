@@ -144,16 +144,13 @@ def write_unit(cfg: BenchConfig, unit: BenchUnit, run_id: str, rows: list[Result
 
 
 def load_drafter_set(cfg, name: str, target) -> dict:
-    """name -> drafter for one set; 'untrained' entries are random heads (smoke runs)."""
-    from taps_ray.models.drafter import load_drafter, untrained_drafter
+    """name -> drafter for one set. Entries are drafter folders, 'untrained' (a random head, for
+    smoke runs) or 'prompt-lookup[:option=value,...]' (the n-gram drafter, no weights)."""
+    from taps_ray.decoding.prompt_lookup import load_drafter_spec
 
     drafters = {}
     for k, spec in enumerate(cfg.drafter_sets[name]):
-        if spec == "untrained":
-            drafter = untrained_drafter(target, seed=k)
-            drafter.meta.name, drafter.meta.method = f"untrained{k}-eagle2", "eagle2"
-        else:
-            drafter = load_drafter(spec, target)
+        drafter = load_drafter_spec(spec, target, seed=k)
         if drafter.meta.name in drafters:
             raise TapsError(f"drafter set '{name}' holds two drafters named "
                             f"'{drafter.meta.name}'; train them with distinct drafter.name")

@@ -25,7 +25,7 @@ from taps_ray.data.records import Record, turn_messages, user_turns
 from taps_ray.data.render import render_prompt
 from taps_ray.decoding.engine import default_stop_ids, generate_plain
 from taps_ray.decoding.kv import causal_mask
-from taps_ray.decoding.proposer import DrafterSession, draft_at_positions
+from taps_ray.decoding.proposer import DrafterSession, Session, draft_at_positions
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import Strategy
 from taps_ray.decoding.target_runner import TargetRunner
@@ -121,7 +121,7 @@ def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
 
 
 def replay(
-    sessions: Sequence[DrafterSession | KnownTrees],
+    sessions: Sequence[Session],
     strategy: Strategy,
     item: ReplayPrompt,
     features: torch.Tensor,  # [L + N, d] from teacher_features
@@ -130,17 +130,16 @@ def replay(
 ) -> ReplayResult:
     """Walk one continuation with `strategy` over `sessions`, as live T=0 decoding would.
 
-    block > 0 drafts the trees of `block` positions per batched drafter pass (`KnownTrees`;
+    block > 0 drafts an EAGLE head's trees `block` positions per batched pass (`known_trees`;
     pass `KnownTrees` of this item to share drafted trees between strategies over the same
     drafters); block = 0 drafts step by step through the sessions, as the live engine does.
     """
     seq = item_ids(item, features.device)
     start, total = len(item.prompt_ids), len(item.continuation)
     if block:
-        sessions = [s if isinstance(s, KnownTrees) else KnownTrees(s, features, seq, block)
-                    for s in sessions]
+        sessions = [known_trees(s, features, seq, block) for s in sessions]
     for s in sessions:
-        s.reset()
+        s.reset(int(seq[0]))
         s.extend(features[:start], seq[1 : start + 1])
     strategy.start()
     result, done = ReplayResult(), 1  # the prefill emitted continuation[0]
@@ -155,6 +154,16 @@ def replay(
             s.extend(features[pos : pos + committed], seq[pos + 1 : pos + 1 + committed])
         done += committed
     return result
+
+
+def known_trees(session: Session, features: torch.Tensor, seq: torch.Tensor,
+                block: int = 32) -> Session:
+    """What replay drafts through: an EAGLE head's trees `block` positions at a time
+    (`KnownTrees`); other sessions as they are (prompt lookup: its tree at committed length S
+    reads tokens 0..S-1 only, cheaply, so stepping it along the teacher tokens is exact)."""
+    if isinstance(session, DrafterSession):
+        return KnownTrees(session, features, seq, block)
+    return session
 
 
 class KnownTrees:
@@ -178,7 +187,7 @@ class KnownTrees:
         self.cache = None  # the drafter's cache over every teacher pair
         self.hidden: torch.Tensor | None = None  # [pairs, d] its output at each pair
 
-    def reset(self) -> None:
+    def reset(self, first_token: int | None = None) -> None:
         self.length = 0
 
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 from taps_ray.config.schema import EvaluationConfig, TreeConfig
 from taps_ray.data.mixture import benchmark_subset
-from taps_ray.decoding.proposer import DrafterSession
+from taps_ray.decoding.proposer import Session, make_session
 from taps_ray.decoding.strategies import strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.evaluation.replay import (
-    KnownTrees,
     ReplayPrompt,
     ReplayResult,
     continuations,
     item_ids,
+    known_trees,
     replay,
     teacher_features,
 )
@@ -55,7 +55,7 @@ def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree:
     run_id = run_id or uuid.uuid4().hex[:12]
     runner = TargetRunner(target.model)
     head = runner.lm_head.weight
-    sessions = {name: DrafterSession(d, runner.embed, head) for name, d in drafters.items()}
+    sessions = {name: make_session(d, runner.embed, head) for name, d in drafters.items()}
     prepared = {}  # candidate label -> sessions of the drafters its strategy runs
     for cand in candidates:
         options = cand.options or {}
@@ -67,14 +67,14 @@ def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree:
         ):
             prepared[cand.label] = [sessions[n] for n in cand.drafter_names]
         else:  # e.g. weight averaging made a new drafter
-            prepared[cand.label] = [DrafterSession(d, runner.embed, head) for d in combined]
+            prepared[cand.label] = [make_session(d, runner.embed, head) for d in combined]
     rows = []
     for item in _progress(prompts, progress):
         feats = teacher_features(runner, item)
         seq = item_ids(item, feats.device)
-        known: dict[int, KnownTrees] = {}  # one per session: its trees serve every strategy
+        known: dict[int, Session] = {}  # one per session: its trees serve every strategy
         for cand in candidates:
-            chosen = [known.setdefault(id(s), KnownTrees(s, feats, seq))
+            chosen = [known.setdefault(id(s), known_trees(s, feats, seq))
                       for s in prepared[cand.label]]
             strategy = strategy_class(cand.strategy)(len(chosen), **(cand.options or {}))
             start = time.perf_counter()

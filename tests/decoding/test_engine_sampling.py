@@ -25,12 +25,13 @@ def next_probs(target, prefix: list[int], params: SamplingParams) -> torch.Tenso
     return logits_to_probs(logits, params).double()
 
 
-def exact_pair_law(target, params: SamplingParams) -> torch.Tensor:  # [V, V] law of (t2, t3)
+def exact_pair_law(target, params: SamplingParams, prompt: list[int] = PROMPT
+                   ) -> torch.Tensor:  # [V, V] law of (t2, t3)
     law = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
-    p1 = next_probs(target, PROMPT, params)
+    p1 = next_probs(target, prompt, params)
     for t1, t2 in itertools.product(range(VOCAB), repeat=2):
-        p2 = next_probs(target, PROMPT + [t1], params)[t2]
-        law[t2] += p1[t1] * p2 * next_probs(target, PROMPT + [t1, t2], params)
+        p2 = next_probs(target, prompt + [t1], params)[t2]
+        law[t2] += p1[t1] * p2 * next_probs(target, prompt + [t1, t2], params)
     return law
 
 
