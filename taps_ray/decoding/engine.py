@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding.adaptive import FixedPolicy, empty_tree
 from taps_ray.decoding.proposer import make_session
 from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
 from taps_ray.decoding.strategies import Proposal, strategy_class
@@ -36,6 +37,7 @@ class StepStats:
     verify_s: float
     commit_s: float
     route: int | None = None  # drafter whose tree was verified
+    speculative: bool = True  # False: the speed policy decoded this step plainly (empty tree)
     accepted_confidence: list[float] = field(default_factory=list)  # exp(cum log-prob)
     accepted_entropy: list[float] = field(default_factory=list)
     rejected_confidence: list[float] = field(default_factory=list)  # examined, not accepted
@@ -95,9 +97,13 @@ class SpeculativeEngine:
         drafters: list,
         tree: TreeConfig,
         strategy: str = "single",
+        policy=None,
         **strategy_options: object,
     ):
+        """`policy` (taps_ray.decoding.adaptive) decides per step whether to speculate and how
+        much of the tree to verify; default `FixedPolicy`: the drafted tree, every step."""
         self.target = target
+        self.policy = policy if policy is not None else FixedPolicy()
         self.runner = TargetRunner(target.model)
         head = self.runner.lm_head.weight
         kind = strategy_class(strategy, strategy_options)
@@ -155,7 +161,7 @@ class SpeculativeEngine:
 
     def _step(self, root: int, sampling, gen, stops, budget):
         t0 = time.perf_counter()
-        proposal = self.strategy.propose(self.sessions, self.tree)
+        proposal = self._propose(t0)
         tree = proposal.tree
         t1 = time.perf_counter()
         past = self.runner.length
@@ -165,7 +171,8 @@ class SpeculativeEngine:
         )
         result = _verify(tree, self.runner, feats, sampling, gen)
         t2 = time.perf_counter()
-        self.strategy.observe(proposal, len(result.accepted_nodes))
+        if proposal.drafted:
+            self.strategy.observe(proposal, len(result.accepted_nodes))
         committed, finished = clip_at_stop(
             result.accepted_tokens(tree) + [result.bonus_token], stops, budget
         )
@@ -173,7 +180,17 @@ class SpeculativeEngine:
             self._commit(past, feats, result, committed, proposal)
         t3 = time.perf_counter()
         stat = _step_stats(tree, result, proposal, len(committed), (t1 - t0, t2 - t1, t3 - t2))
+        self.policy.observe(stat.verify_tokens, stat.accepted, stat.committed,
+                            float(tree.scores.exp().sum()), t2 - t1, t3 - t0)
         return stat, (committed, finished)
+
+    def _propose(self, start: float) -> Proposal:
+        """The strategy's tree cut by the speed policy, or the empty tree of a plain step."""
+        if not self.policy.speculate():
+            return Proposal(empty_tree(), None, [])
+        proposal = self.strategy.propose(self.sessions, self.tree)
+        cut = self.policy.cut(proposal.tree, time.perf_counter() - start)
+        return proposal if cut is proposal.tree else replace(proposal, tree=cut)
 
     def _commit(self, past: int, feats, result: VerifyResult, committed: list[int], proposal):
         keep = torch.tensor([0] + [n + 1 for n in result.accepted_nodes])  # verify offsets kept
@@ -295,6 +312,7 @@ def _step_stats(tree, result, proposal: Proposal, committed: int, times) -> Step
         verify_s=times[1],
         commit_s=times[2],
         route=proposal.route,
+        speculative=bool(proposal.drafted),
         accepted_confidence=[conf[n] for n in accepted],
         accepted_entropy=[ent[n] for n in accepted],
         rejected_confidence=[conf[n] for n in rejected],
