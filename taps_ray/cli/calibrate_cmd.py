@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the "
                                                  "serving default, bf16 on cuda, fp32 on cpu)")
     p.add_argument("--kernels", default="auto", help="auto | default | prepacked: the target's "
-                   "linear kernels, as serving loads them (auto: prepacked on CPU fp32)")
+                   "linear kernels, as serving loads them (auto: default)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument("--out", default=None, help="profile file (default: <cache>/profiles/...)")
     p.add_argument("--kv-lens", default=None, help="KV lengths of Tv(n), e.g. 128,512")

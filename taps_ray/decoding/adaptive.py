@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from taps_ray.decoding.tree import DraftTree, select_tree
+from taps_ray.errors import TapsError
 
 VerifyCost = Callable[[int], float]  # tokens fed to the target (root included) -> seconds
 
@@ -178,9 +179,8 @@ class AdaptivePolicy:
         return self.guard is None or self.guard.speculate()
 
     def cost(self) -> VerifyCost | None:
-        if self.verify_cost is not None:
-            return self.verify_cost
-        return self.online if self.online.ready else None
+        """This run's own measurements once they span two tree sizes, else the profile's."""
+        return self.online if self.online.ready else self.verify_cost
 
     def cut(self, tree: DraftTree, draft_s: float) -> DraftTree:
         cost = self.cost()
@@ -200,3 +200,19 @@ class AdaptivePolicy:
             self.scale = min(max(self._real / max(self._pred, 1e-6), 0.05), 2.0)
         if self.guard is not None:
             self.guard.observe(committed, step_s)
+
+
+POLICIES = ("adaptive", "fixed")
+
+
+def make_policy(mode: str = "adaptive", profile=None) -> FixedPolicy | AdaptivePolicy:
+    """A fresh policy per engine. `profile` (taps_ray.speed.CostProfile of this machine, or None)
+    gives the adaptive policy its first Tv(n) and plain-speed estimates before it has measured
+    its own."""
+    if mode == "fixed":
+        return FixedPolicy()
+    if mode != "adaptive":
+        raise TapsError(f"speed policy '{mode}' is unknown; use one of {', '.join(POLICIES)}")
+    if profile is None:
+        return AdaptivePolicy(None, SpeedGuard())
+    return AdaptivePolicy(profile.tv, SpeedGuard(plain_rate=1.0 / profile.t1_s))

@@ -52,8 +52,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 # "default": PyTorch's own matmuls. "prepacked": oneDNN linear layers whose weights are laid out
-# once at load; on CPU the matrix-matrix path otherwise repacks every weight on every call, which
-# makes verifying a few tokens cost 1.5-1.65 plain steps (issue 14's measurement).
+# once at load (torch.utils.mkldnn). Issue 14 measured prepacking 1.2x faster for a 135M target
+# on another CPU; on this project's 2-core machine with torch 2.13 it is 1.3-1.7x slower
+# (docs/benchmarks.md), so "auto" keeps the default kernels and `taps-ray calibrate --kernels
+# prepacked` measures the variant on a machine where it may pay.
 KERNELS = ("auto", "default", "prepacked")
 
 
@@ -65,9 +67,9 @@ def load_target(
 ) -> Target:
     """Load the target model and tokenizer, frozen and in eval mode.
 
-    `kernels="auto"` prepacks the decoder's linear layers on CPU in fp32 (where oneDNN is
-    built in) and keeps PyTorch's matmuls elsewhere; plain and speculative decoding then run
-    the same kernels, so their greedy outputs stay identical.
+    `kernels` picks how the decoder's linear layers run ("auto" = "default" everywhere today;
+    see `KERNELS`). Plain and speculative decoding always run the same kernels, so their greedy
+    outputs stay identical.
     """
     from transformers import AutoModelForCausalLM
 
@@ -91,9 +93,7 @@ def _resolve_kernels(kernels: str, device: torch.device, dtype: torch.dtype) -> 
             "target kernels 'prepacked' need a CPU, fp32 and a PyTorch built with oneDNN; "
             "use kernels 'default' (or 'auto')"
         )
-    if kernels == "auto":
-        return "prepacked" if fits else "default"
-    return kernels
+    return "default" if kernels == "auto" else kernels
 
 
 def prepack_linears(module: torch.nn.Module) -> int:

@@ -86,3 +86,31 @@ def test_killed_conversion_never_loads_half_written(tmp_path):
     final = subprocess.run([sys.executable, "-c", code], env=env, timeout=300)
     assert final.returncode == 0
     assert sorted(p.name for p in models.iterdir()) == [target_mod.DEFAULT_TARGET]
+
+
+def test_prepacked_kernels_decode_like_the_default_ones():
+    import torch
+
+    from taps_ray.decoding.engine import generate_plain
+    from taps_ray.decoding.sampling import SamplingParams
+    from tests.tiny import tiny_target
+
+    default, packed = tiny_target("llama", seed=1), tiny_target("llama", seed=1)
+    assert target_mod.prepack_linears(packed.model.get_decoder()) == 2 * 7  # q k v o gate up down
+    assert target_mod.kernel_variant(packed.model) == "prepacked"
+    assert target_mod.kernel_variant(default.model) == "default"
+    ids = torch.tensor([[3, 9, 4, 1, 7]])
+    with torch.inference_mode():
+        a, b = default.model(ids).logits, packed.model(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    greedy = SamplingParams()
+    assert (generate_plain(default, [3, 9, 4], greedy, 12, set()).tokens
+            == generate_plain(packed, [3, 9, 4], greedy, 12, set()).tokens)
+
+
+def test_unknown_or_unfit_kernels_are_refused(tmp_path):
+    with pytest.raises(TapsError, match="kernels 'fast' is unknown"):
+        target_mod.load_target("smollm2-135m-instruct", kernels="fast")
+    with pytest.raises(TapsError, match="need a CPU, fp32"):
+        target_mod._resolve_kernels("prepacked", target_mod.torch.device("cpu"),
+                                    target_mod.torch.bfloat16)

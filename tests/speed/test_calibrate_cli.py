@@ -44,7 +44,7 @@ def test_quick_calibration_writes_a_valid_profile(tiny_folder, drafter_dirs, cac
             "--drafters", str(drafter_dirs["good"]), "prompt-lookup", "--json"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
-    key = current_key(str(tiny_folder), torch.float32, "cpu", kernels="prepacked")
+    key = current_key(str(tiny_folder), torch.float32, "cpu", kernels="default")
     files = list((cache / "profiles").iterdir())
     assert len(files) == 1 and json.loads(files[0].read_text()) == printed
     profile = load_profile(files[0], expect=key)
