@@ -4,8 +4,12 @@ CONFIG is one of:
 - a Serve config file (`serve_apps/*.yaml`: http_options + applications), the same file
   `serve run` / `serve deploy` take;
 - a sweep's best configuration (`DIR/best_config.yaml`: target, drafters, strategy,
-  strategy_options, tree);
+  strategy_options, tree, policy; `strategy: plain` serves plain decoding);
 - a ServeConfig mapping (the `args:` of a Serve app, see taps_ray/serving/config.py).
+
+Decoding uses the adaptive speed policy by default (trees cut to the tokens/s-optimal size, plain
+steps while speculation is slower), from this machine's cost profile when `taps-ray calibrate`
+saved one; `--policy fixed` verifies the whole tree every step, `--profile FILE` names a profile.
 
 A host other machines can reach (anything but loopback) is refused unless every app names an
 `api_key_env`, or opts out by name with `allow_unauthenticated: true` (private networks only).
@@ -24,6 +28,7 @@ from typing import Any
 
 from taps_ray.config.loader import apply_overrides, load_yaml
 from taps_ray.errors import TapsError
+from taps_ray.serving.config import POLICIES
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000  # loopback unless the config says otherwise
 _APP_KEYS = {"name", "route_prefix", "import_path", "args"}
@@ -39,15 +44,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="Ray cluster to deploy onto (default: RAY_ADDRESS, a running cluster, "
                         "or a new one); a cluster with token auth needs RAY_AUTH_TOKEN or "
                         "~/.ray/auth_token")
+    p.add_argument("--policy", choices=POLICIES, default=None,
+                   help="speed policy of every app (default: the config's, else adaptive)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="cost profile JSON (default: this machine's, if calibrated)")
     p.add_argument("--check", action="store_true", help="validate, print the plan, serve nothing")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    http, apps = read_plan(Path(args.config), args.overrides)
+    http, apps = read_plan(Path(args.config), args.overrides + _speed_overrides(args))
     http = {**http, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v}}
     builds = [(app, _builder(app["import_path"])) for app in apps]
     check_exposure(http, apps)
+    _check_profiles(apps)
     if args.check:
         return _print_plan(http, builds)
     _check_keys(builds)
@@ -64,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             serve.run(builder(app.get("args", {})), name=name, route_prefix=prefix)
         print(f"serving at http://{http['host']}:{http['port']}/v1 (Ctrl-C stops)", flush=True)
         _wait_for_signal()
+    except RuntimeError as err:  # an app's replicas failed to start (Serve gave up)
+        raise TapsError(_deploy_failure(str(err))) from None
     except (ray.exceptions.RayError, TimeoutError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TapsError(
@@ -74,6 +86,32 @@ def run(args: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def _speed_overrides(args: argparse.Namespace) -> list[str]:
+    pairs = (("policy", args.policy), ("profile", args.profile))
+    return [f"{key}={value}" for key, value in pairs if value]
+
+
+def _check_profiles(apps: list[dict[str, Any]]) -> None:
+    """A profile file named in an app's args must exist and parse, before anything starts
+    (whether it fits this hardware is checked where the replica loads the target)."""
+    from taps_ray.serving.policy import check_profile_file
+
+    for app in apps:
+        profile = (app.get("args") or {}).get("profile")
+        if profile:
+            check_profile_file(Path(str(profile)).expanduser())
+
+
+def _deploy_failure(message: str) -> str:
+    """One sentence for a failed deployment: the replica's own TapsError when there is one."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "TapsError: " in line:
+            return line.split("TapsError: ", 1)[1]
+    first = lines[0] if lines else "no message"
+    return f"the app did not start ({first}); see the replica logs (ray logs) for why"
 
 
 def _wait_for_signal() -> None:
@@ -92,14 +130,14 @@ def _wait_for_signal() -> None:
 
 def read_plan(path: Path, overrides: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(http_options, applications) of any CONFIG kind; overrides apply to every app's args."""
-    from taps_ray.serving.config import BEST_CONFIG_KEYS
+    from taps_ray.serving.config import BEST_CONFIG_FIELDS
 
     data = load_yaml(path)
     if "applications" in data:
         http = {"host": DEFAULT_HOST, "port": DEFAULT_PORT, **(data.get("http_options") or {})}
         apps = [_serve_app(path, i, app) for i, app in enumerate(data["applications"] or [])]
     else:
-        args = {"best_config": str(path)} if set(data) <= BEST_CONFIG_KEYS else data
+        args = {"best_config": str(path)} if set(data) <= BEST_CONFIG_FIELDS else data
         apps = [{"name": "taps", "import_path": "taps_ray.serving.app:build_app", "args": args}]
         http = {"host": DEFAULT_HOST, "port": DEFAULT_PORT}
     if not apps:

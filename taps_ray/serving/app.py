@@ -42,6 +42,7 @@ class SpeculativeDecoder:
         self.service = load_service(config, log=logger.warning)
         self.pool = ThreadPoolExecutor(config.engines_per_replica, thread_name_prefix="decode")
         self.metrics = ServeMetrics()
+        self.metrics.live(self.service.live.snapshot())  # gauges exist before the first request
 
     def __serve_build_asgi_app__(self):
         from taps_ray.serving.http import build_http_app

@@ -4,6 +4,7 @@
 the valid ones). `BestConfig` is the small file a sweep writes for the configuration it chose;
 `ServeConfig.best_config` points at one, and `taps-ray serve DIR/best_config.yaml` serves it.
 Paths are made absolute once, in `resolve_config`, so replicas never read relative paths.
+A drafter is a folder or a prompt-lookup spec ('prompt-lookup[:option=value,...]', kept as is).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from taps_ray.config.schema import DEFAULT_TARGET, TreeConfig
 from taps_ray.errors import TapsError
 
 PLAIN = "none"  # strategy name for plain autoregressive decoding (no drafters)
+PLAIN_ALIASES = ("plain",)  # what a best configuration may say instead (the bench's label)
+POLICIES = ("adaptive", "fixed")  # taps_ray.decoding.adaptive.make_policy modes
 
 
 @dataclass
@@ -25,17 +28,22 @@ class BestConfig:
     """What a sweep chose. Relative drafter paths: next to the YAML first, then the working dir."""
 
     target: str = DEFAULT_TARGET  # alias, hub id or local HF folder
-    drafters: list[str] = field(default_factory=list)  # drafter folders, in route order
-    strategy: str = "single"  # a name in taps_ray.decoding.strategies, or "none"
+    drafters: list[str] = field(default_factory=list)  # folders or prompt-lookup specs
+    strategy: str = "single"  # a name in taps_ray.decoding.strategies, or "none"/"plain"
     strategy_options: dict[str, Any] = field(default_factory=dict)  # e.g. {granularity: prompt}
     tree: TreeConfig = field(default_factory=TreeConfig)  # draft tree shape verified per step
+    policy: Literal["adaptive", "fixed"] = "adaptive"  # fixed: verify the whole tree every step
     metric: str = ""  # what the sweep ranked trials by (e.g. mean_tau); informational
     value: float | None = None  # the best trial's metric value; informational
+    reason: str = ""  # why this configuration (e.g. why plain decoding); informational
 
 
-# what a best configuration decides for the served app (metric and value are informational)
+_INFORMATIONAL = ("metric", "value", "reason")
+# every key a best configuration file may hold (how `taps-ray serve FILE` tells its kind)
+BEST_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(BestConfig))
+# what a best configuration decides for the served app (policy only unless the app sets one)
 BEST_CONFIG_KEYS = frozenset(
-    f.name for f in dataclasses.fields(BestConfig) if f.name not in ("metric", "value")
+    f.name for f in dataclasses.fields(BestConfig) if f.name not in (*_INFORMATIONAL, "policy")
 )
 
 
@@ -57,10 +65,15 @@ class ServeConfig:
 
     target: str = DEFAULT_TARGET  # alias, hub id or local HF folder; loaded once per replica
     model_name: str = ""  # id clients send as `model`; empty: the target's name
-    drafters: list[str] = field(default_factory=list)  # drafter folders (names come from them)
+    drafters: list[str] = field(default_factory=list)  # drafter folders or prompt-lookup specs
     strategy: str = PLAIN  # default strategy; "none" = plain decoding
     strategy_options: dict[str, Any] = field(default_factory=dict)  # options of that strategy
     tree: TreeConfig = field(default_factory=TreeConfig)  # draft tree (smaller is faster on CPU)
+    # speed policy: "adaptive" cuts trees to the tokens/s-optimal size and falls back to plain
+    # steps while speculation is slower; "fixed" verifies the whole tree (the study's setting);
+    # "": the best configuration's, else adaptive
+    policy: Literal["", "adaptive", "fixed"] = ""
+    profile: str = ""  # cost profile JSON (taps-ray calibrate); "": this machine's, if saved
     best_config: str = ""  # a sweep's best_config.yaml; replaces target..tree above
     missing_drafters: Literal["error", "plain"] = "error"  # "plain": serve none until they exist
     device: str | None = None  # None: cuda if available, else cpu
@@ -113,17 +126,23 @@ def load_serve_config(args: dict[str, Any] | ServeConfig) -> ServeConfig:
 def resolve_config(config: ServeConfig, cwd: Path | None = None) -> ServeConfig:
     """Merge the best configuration in and make drafter paths absolute; check the strategy."""
     cwd = Path.cwd() if cwd is None else cwd
+    policy = config.policy
     if config.best_config:
         path = _absolute(config.best_config, [cwd])
         best = load_best_config(path)
-        drafters = [str(_absolute(d, [path.parent, cwd])) for d in best.drafters]
+        drafters = [_drafter_path(d, [path.parent, cwd]) for d in best.drafters]
         chosen = {k: getattr(best, k) for k in BEST_CONFIG_KEYS}
         chosen.update(drafters=drafters, best_config=str(path))
         config = dataclasses.replace(config, **chosen)
+        policy = policy or best.policy  # the app's own setting wins (the study asks for fixed)
     else:
         config = dataclasses.replace(
-            config, drafters=[str(_absolute(d, [cwd])) for d in config.drafters]
+            config, drafters=[_drafter_path(d, [cwd]) for d in config.drafters]
         )
+    profile = str(_absolute(config.profile, [cwd])) if config.profile else ""
+    config = dataclasses.replace(config, policy=policy or "adaptive", profile=profile)
+    if config.strategy in PLAIN_ALIASES:
+        config = dataclasses.replace(config, strategy=PLAIN, drafters=[])  # nothing to load
     check_strategy(config.strategy, config.strategy_options)
     if config.strategy != PLAIN and not config.drafters:
         raise TapsError(f"strategy '{config.strategy}' needs drafters; list drafter folders")
@@ -142,6 +161,17 @@ def check_strategy(name: str, options: dict) -> None:
     strategy_class(name, options)
 
 
+def is_spec(drafter: str) -> bool:
+    """True for a drafter named by a spec rather than a folder (prompt lookup)."""
+    from taps_ray.decoding.prompt_lookup import DRAFTER_NAME
+
+    return drafter.partition(":")[0] == DRAFTER_NAME
+
+
+def _drafter_path(drafter: str, bases: list[Path]) -> str:
+    return drafter if is_spec(drafter) else str(_absolute(drafter, bases))
+
+
 def _absolute(path: str, bases: list[Path]) -> Path:
     """`path` itself when absolute, else the first base holding it (the first base if none)."""
     p = Path(path).expanduser()
@@ -154,7 +184,7 @@ def _absolute(path: str, bases: list[Path]) -> Path:
 
 
 def missing_folders(paths: list[str]) -> list[str]:
-    return [p for p in paths if not Path(p).is_dir()]
+    return [p for p in paths if not is_spec(p) and not Path(p).is_dir()]
 
 
 def deployment_options(config: ServeConfig) -> dict[str, Any]:

@@ -184,7 +184,7 @@ class _Api:
 
         def produce() -> None:
             try:
-                for event in self.service.run(job):
+                for event in self.service.run(job, self.metrics.live):
                     put(event)
                     if cancel.is_set():
                         break

@@ -1,10 +1,15 @@
 """Prometheus metrics of the service, through `ray.serve.metrics` (Serve adds the deployment,
-replica and application tags). Ray exports them on each node's metrics port (`/metrics`)."""
+replica and application tags). Ray exports them on each node's metrics port (`/metrics`) with
+the prefix `ray_`: per request (histograms, counters) and live per replica (gauges: decoding
+tokens/s and tokens per step over the last 30 s, whether speculation is on; a counter of the
+speed guard's fallbacks to plain decoding)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
+from taps_ray.serving.live import LiveSnapshot
 from taps_ray.serving.service import RunStats
 
 _LATENCY_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
@@ -17,6 +22,8 @@ class Metrics(Protocol):
         self, endpoint: str, status: int, latency_s: float, stats: RunStats | None
     ) -> None: ...
 
+    def live(self, snapshot: LiveSnapshot) -> None: ...
+
 
 class NullMetrics:
     """For running the HTTP app without Ray (tests)."""
@@ -26,12 +33,15 @@ class NullMetrics:
     ) -> None:
         pass
 
+    def live(self, snapshot: LiveSnapshot) -> None:
+        pass
+
 
 class ServeMetrics:
     """Request counts and latency; per generation tau, tokens/s, time to first token, routes."""
 
     def __init__(self) -> None:
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter, Gauge, Histogram
 
         self.requests = Counter(
             "taps_requests", "HTTP requests by endpoint and status", tag_keys=("endpoint", "status")
@@ -52,6 +62,20 @@ class ServeMetrics:
         # histogram's sum is approximated from its buckets)
         self.steps = Counter("taps_steps", "verification steps after prefill", ("strategy",))
         self.committed = Counter("taps_committed_tokens", "tokens the steps emitted", ("strategy",))
+        self.live_tokens_per_s = Gauge(
+            "taps_live_tokens_per_s", "decoding tokens/s of this replica's recent steps (30 s)"
+        )
+        self.live_tau = Gauge(
+            "taps_live_tokens_per_step", "tokens per step of this replica's recent steps (30 s)"
+        )
+        self.speculating = Gauge(
+            "taps_speculating", "1 while the replica's speed policy drafts, 0 when decoding plainly"
+        )
+        self.fallbacks = Counter(
+            "taps_guard_fallbacks", "times the speed guard turned speculation off (slower)"
+        )
+        self._fallbacks_seen = 0
+        self._lock = threading.Lock()  # decoding threads publish concurrently
 
     def record(
         self, endpoint: str, status: int, latency_s: float, stats: RunStats | None
@@ -71,3 +95,12 @@ class ServeMetrics:
             self.committed.inc(stats.committed, tags=tags)
         for name, steps in stats.routes.items():
             self.routes.inc(steps, tags={"drafter": name})
+
+    def live(self, snapshot: LiveSnapshot) -> None:
+        with self._lock:
+            self.live_tokens_per_s.set(snapshot.tokens_per_s)
+            self.live_tau.set(snapshot.tokens_per_step)
+            self.speculating.set(1.0 if snapshot.speculating else 0.0)
+            if snapshot.fallbacks > self._fallbacks_seen:
+                self.fallbacks.inc(snapshot.fallbacks - self._fallbacks_seen)
+                self._fallbacks_seen = snapshot.fallbacks

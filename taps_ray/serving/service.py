@@ -3,7 +3,9 @@
 `prepare` turns a parsed request into a `Job` (or an `ApiError`): everything that can be wrong
 with a request is found there, before any response byte is sent. `run` decodes a job as a
 stream of `Event`s; it is synchronous and meant to run in a worker thread. Each job gets its
-own engine (cheap to build: the models are shared), so concurrent jobs share no decoding state.
+own engine (cheap to build: the models are shared), so concurrent jobs share no decoding state,
+and its own speed policy (adaptive by default), which starts from the plain decoding speed the
+replica last measured.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 
 import torch
 
+from taps_ray.decoding.adaptive import make_policy
 from taps_ray.decoding.engine import Chunk, SpeculativeEngine, default_stop_ids, stream_plain
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import strategy_names
 from taps_ray.errors import TapsError
 from taps_ray.serving.config import PLAIN, ServeConfig, missing_folders
+from taps_ray.serving.live import LiveSnapshot, LiveStats, StepMeter, guard_of
 from taps_ray.serving.protocol import ApiError, GenerationRequest, bad
 from taps_ray.serving.text import StopText
 
@@ -41,6 +45,10 @@ class Job:
     route_names: list[str]  # name of each engine drafter index (for route counts)
     engine: SpeculativeEngine | None  # None for plain decoding
 
+    @property
+    def policy(self):
+        return self.engine.policy if self.engine is not None else None
+
 
 @dataclass
 class RunStats:
@@ -52,6 +60,7 @@ class RunStats:
     steps: int = 0  # target forwards after prefill
     committed: int = 0  # tokens those steps emitted (accepted + bonus)
     drafted: int = 0  # draft tokens verified
+    speculative_steps: int = 0  # steps that verified a draft (the rest: the policy's plain steps)
     accepted: int = 0  # draft tokens accepted
     routes: Counter = field(default_factory=Counter)  # drafter name -> steps it was verified
     first_token_s: float = 0.0  # time to the first token (prefill)
@@ -73,10 +82,15 @@ class RunStats:
             return  # the prefill token is not a step
         self.steps += 1
         self.committed += len(chunk.tokens)
-        if chunk.stat is not None:
-            self.drafted += chunk.stat.verify_tokens - 1
-            self.accepted += chunk.stat.accepted
-            route = chunk.stat.route
+        if chunk.stat is None:
+            return
+        self.drafted += chunk.stat.verify_tokens - 1
+        self.accepted += chunk.stat.accepted
+        self.speculative_steps += chunk.stat.speculative
+        route = chunk.stat.route
+        if not chunk.stat.speculative:
+            self.routes[PLAIN] += 1  # the speed policy decoded this step plainly
+        else:
             self.routes[route_names[route] if route is not None else self.strategy] += 1
 
     def usage(self) -> dict[str, Any]:
@@ -88,6 +102,7 @@ class RunStats:
             "steps": self.steps,
             "drafted": self.drafted,
             "accepted": self.accepted,
+            "speculative_steps": self.speculative_steps,
             "routes": dict(self.routes),
         }
 
@@ -102,8 +117,10 @@ class Event:
 class CompletionService:
     """One replica's models and the rules requests are checked against."""
 
-    def __init__(self, config: ServeConfig, target, drafters: list, plain_reason: str = ""):
-        self.config, self.target = config, target
+    def __init__(self, config: ServeConfig, target, drafters: list, plain_reason: str = "",
+                 profile=None):
+        """`profile`: this machine's CostProfile for the adaptive policy (None: online)."""
+        self.config, self.target, self.profile = config, target, profile
         self.drafters = {d.meta.name: d for d in drafters}
         if len(self.drafters) != len(drafters):
             raise TapsError("drafters must have distinct names (taps.json 'name'); rename one")
@@ -112,6 +129,8 @@ class CompletionService:
         self.context = config.max_context or _model_context(target)
         self.stop_ids = default_stop_ids(target)
         self.failures = 0  # consecutive internal errors
+        self.live = LiveStats(speculating=self.default_strategy != PLAIN)
+        self.plain_rate: float | None = None  # plain tokens/s a guard measured last (a prior)
 
     @property
     def model_name(self) -> str:
@@ -125,6 +144,7 @@ class CompletionService:
             "owned_by": "taps-ray",
             "target": self.config.target,
             "strategy": self.default_strategy,
+            "policy": self.config.policy or "adaptive",
             "drafters": list(self.drafters),
             "strategies": [PLAIN, *strategy_names()] if self.drafters else [PLAIN],
             "max_tokens_limit": self.config.max_tokens_limit,
@@ -148,22 +168,28 @@ class CompletionService:
         engine, route_names = self._engine(strategy, names)
         return Job(request, prompt_ids, max_tokens, sampling, seed, strategy, route_names, engine)
 
-    def run(self, job: Job) -> Iterator[Event]:
-        """Decode `job`; the last event carries the finish reason and the stats."""
+    def run(self, job: Job, progress: Callable[[LiveSnapshot], None] | None = None
+            ) -> Iterator[Event]:
+        """Decode `job`; the last event carries the finish reason and the stats. `progress`
+        receives the replica's live speed now and then (and after the last step)."""
         start = time.perf_counter()
         stats = RunStats(len(job.prompt_ids), job.strategy)
+        meter = StepMeter(self.live, job.policy, progress)
         tokens: list[int] = []
         text = StopText(job.request.stop)
         for chunk in self._chunks(job):
             if not tokens:
                 stats.first_token_s = time.perf_counter() - start
+            step = bool(tokens)
             tokens += chunk.tokens
             stats.add(chunk, job.route_names)
             decoded = self.target.tokenizer.decode(tokens, skip_special_tokens=True)
             delta, stopped = text.feed(decoded, final=chunk.finish_reason is not None)
             reason = "stop" if stopped else chunk.finish_reason
+            meter.chunk(len(chunk.tokens), step, final=reason is not None)
             if reason is not None:
                 stats.wall_s = time.perf_counter() - start
+                self._remember(job.policy)
                 yield Event(delta, reason, stats)
                 return
             if delta:
@@ -235,11 +261,25 @@ class CompletionService:
         drafters = [self.drafters[n] for n in names]
         try:
             engine = SpeculativeEngine(
-                self.target, drafters, self.config.tree, strategy, **options
+                self.target, drafters, self.config.tree, strategy, policy=self._policy(),
+                **options,
             )
         except TapsError as err:
             raise bad("strategy", str(err)) from None
         return engine, ["average"] if strategy == "average" else names
+
+    def _policy(self):
+        """A fresh policy per request; its guard starts from the plain speed measured last."""
+        policy = make_policy(self.config.policy or "adaptive", self.profile)
+        guard = guard_of(policy)
+        if guard is not None and self.plain_rate:
+            guard.plain_rate = self.plain_rate
+        return policy
+
+    def _remember(self, policy) -> None:
+        guard = guard_of(policy)
+        if guard is not None and guard.plain_rate:
+            self.plain_rate = guard.plain_rate
 
     def _chunks(self, job: Job) -> Iterator[Chunk]:
         args = (job.prompt_ids, job.sampling, job.max_tokens, self.stop_ids, job.seed)
@@ -258,8 +298,9 @@ def load_service(config: ServeConfig, log: Callable[[str], None] = print) -> Com
     With `missing_drafters: plain`, missing drafter folders are logged and the replica serves
     plain decoding; a restart picks the drafters up once they exist.
     """
-    from taps_ray.models.drafter import load_drafter
+    from taps_ray.decoding.prompt_lookup import load_drafter_spec
     from taps_ray.models.target import load_target
+    from taps_ray.serving.policy import machine_profile
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -267,12 +308,17 @@ def load_service(config: ServeConfig, log: Callable[[str], None] = print) -> Com
     missing = missing_folders(config.drafters)
     if missing and config.missing_drafters == "error":
         raise TapsError(f"drafter folder '{missing[0]}' does not exist; train it or fix the path")
+    # a profile the user named is always checked; this machine's is read when it will be used
+    speculates = (config.policy or "adaptive") == "adaptive" and config.drafters and not missing
+    profile = machine_profile(target, config.profile, log) if config.profile or speculates \
+        else None
     if missing:
         reason = f"drafter folders missing: {', '.join(missing)}"
         log(f"{reason}; serving plain decoding (strategy {PLAIN}) until they exist "
             "(restart the app to pick them up)")
-        return CompletionService(config, target, [], reason)
-    drafters = [load_drafter(path, target) for path in config.drafters]
+        return CompletionService(config, target, [], reason, profile)
+    drafters = [load_drafter_spec(path, target) for path in config.drafters]
     log(f"serving {config.served_name} with drafters "
-        f"{', '.join(d.meta.name for d in drafters) or '(none)'}, strategy {config.strategy}")
-    return CompletionService(config, target, drafters)
+        f"{', '.join(d.meta.name for d in drafters) or '(none)'}, strategy {config.strategy}, "
+        f"policy {config.policy or 'adaptive'}")
+    return CompletionService(config, target, drafters, profile=profile)

@@ -1,8 +1,10 @@
 """The Serve app on loopback, driven by the official `openai` client, on the real default target.
 
-Serve starts once for the module with two apps: `open` at / (two untrained drafters saved to a
-tmp folder, route-confidence, two decoding threads per replica) and `secured` at /secured (plain
-decoding, API key from an env var). Greedy output through the service must equal the engine's.
+Serve starts once for the module with three apps: `open` at / (two untrained drafters saved to a
+tmp folder, route-confidence, the default adaptive speed policy, two decoding threads per
+replica), `secured` at /secured (a best configuration that chose plain decoding, API key from an
+env var) and `tight` (capacity limits). Greedy output through the service must equal the
+engine's; Ray exports the replicas' metrics on a known port, every second.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 from taps_ray.config.schema import TreeConfig
 from taps_ray.data.records import Message
@@ -57,21 +60,32 @@ def drafter_dirs(target, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base_url(drafter_dirs):
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def base_url(drafter_dirs, metrics_port, tmp_path_factory):
     import ray
     from ray import serve
 
     from taps_ray.serving.app import build_app
 
     os.environ[KEY_ENV] = KEY  # before ray.init: the replicas inherit the environment
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = dict(replica_cpus=0.5, torch_threads=1, max_tokens_limit=64, default_max_tokens=16)
     serve.run(build_app(dict(drafters=drafter_dirs, strategy="route-confidence", tree=_tree(),
                              max_context=256, engines_per_replica=2, **common)),
               name="open", route_prefix="/")
-    serve.run(build_app(dict(api_key_env=KEY_ENV, model_name="secured", **common)),
+    plain_best = tmp_path_factory.mktemp("best") / "best_config.yaml"
+    plain_best.write_text(yaml.safe_dump({"strategy": "plain", "drafters": drafter_dirs,
+                                          "reason": "nothing beat plain decoding"}))
+    serve.run(build_app(dict(api_key_env=KEY_ENV, model_name="secured",
+                             best_config=str(plain_best), **common)),
               name="secured", route_prefix="/secured")
     # one request decoding, one waiting: the rest must be turned away with 503 + Retry-After
     serve.run(build_app(dict(model_name="tight", max_ongoing_requests=1, max_queued_requests=1,
@@ -106,9 +120,9 @@ def _free_port() -> int:
 
 
 def chat(client, content: str = QUESTION, **kwargs):
-    kwargs = {"max_tokens": 12, "temperature": 0, **kwargs}
+    kwargs = {"model": MODEL, "max_tokens": 12, "temperature": 0, **kwargs}
     return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
+        messages=[{"role": "user", "content": content}], **kwargs
     )
 
 
@@ -136,17 +150,18 @@ def test_models_and_healthz(client, base_url):
 
 
 def test_chat_greedy_equals_engine(client, target, engine):
-    response = chat(client)
+    response = chat(client)  # the adaptive policy may cut trees or decode plainly: lossless
     prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
     result = engine.generate(prompt, SamplingParams(), 12)
     expected = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
     assert response.choices[0].message.content == expected
-    usage = response.usage
+    usage, extra = response.usage, response.usage.model_extra
     assert usage.completion_tokens == len(result.tokens) and usage.prompt_tokens == len(prompt)
-    assert usage.model_extra["tau"] == round(result.tau, 4)
-    assert usage.model_extra["steps"] == len(result.steps)
-    assert usage.model_extra["drafted"] >= usage.model_extra["accepted"] >= 0
-    assert sum(usage.model_extra["routes"].values()) == len(result.steps)
+    assert extra["tau"] == round((usage.completion_tokens - 1) / extra["steps"], 4)
+    assert extra["drafted"] >= extra["accepted"] >= 0
+    assert 0 < extra["speculative_steps"] <= extra["steps"]
+    assert sum(extra["routes"].values()) == extra["steps"]
+    assert client.models.list().data[0].model_extra["policy"] == "adaptive"
 
 
 def test_plain_strategy_and_drafter_subset(client, target):
@@ -158,7 +173,52 @@ def test_plain_strategy_and_drafter_subset(client, target):
     assert plain.usage.model_extra["drafted"] == 0
     single = chat(client, extra_body={"strategy": "single", "drafters": ["chat-test"]})
     assert single.choices[0].message.content == plain.choices[0].message.content  # lossless
-    assert list(single.usage.model_extra["routes"]) == ["chat-test"]
+    routes = single.usage.model_extra["routes"]  # "none": the guard's plain steps
+    assert "chat-test" in routes and set(routes) <= {"chat-test", "none"}
+
+
+def test_best_config_of_plain_decoding_equals_plain_greedy(base_url, target):
+    secured = openai.OpenAI(base_url=f"{base_url}/secured/v1", api_key=KEY, max_retries=0,
+                            timeout=120)
+    assert secured.models.list().data[0].model_extra["strategies"] == ["none"]
+    response = chat(secured, model="secured")
+    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
+    expected = generate_plain(target, prompt, SamplingParams(), 12).tokens
+    assert response.choices[0].message.content == target.tokenizer.decode(
+        expected, skip_special_tokens=True)
+    assert response.usage.model_extra["drafted"] == 0
+
+
+def test_metrics_show_live_speed_and_speculation(client, base_url, metrics_port):
+    chat(client)
+    chat(openai.OpenAI(base_url=f"{base_url}/secured/v1", api_key=KEY, max_retries=0,
+                       timeout=120), model="secured")
+    names = ("ray_taps_live_tokens_per_s", "ray_taps_live_tokens_per_step",
+             "ray_taps_speculating")
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports every second once the replicas have reported
+        text = post(f"http://127.0.0.1:{metrics_port}/metrics", b"", method="GET")[1]
+        values = {name: _samples(text, name) for name in names}
+        if all(any(app == "secured" for app, _ in v) for v in values.values()) and all(
+                v > 0 for app, v in values["ray_taps_live_tokens_per_s"] if app == "open"):
+            break
+        assert time.monotonic() < deadline, f"no live gauges in /metrics: {values}"
+        time.sleep(1)
+    assert dict(values["ray_taps_speculating"])["secured"] == 0  # plain best configuration
+    assert dict(values["ray_taps_speculating"])["open"] in (0, 1)  # the guard's current choice
+    assert dict(values["ray_taps_live_tokens_per_step"])["open"] >= 1
+
+
+def _samples(text: str, name: str) -> list[tuple[str, float]]:
+    """(application tag, value) of every sample of metric `name` in Prometheus text."""
+    out = []
+    for line in str(text).splitlines():
+        if line.startswith(name + "{"):
+            tags, value = line.rsplit(" ", 1)
+            app = tags.split('application="', 1)[-1].split('"', 1)[0] if "application=" in tags \
+                else ""
+            out.append((app, float(value)))
+    return out
 
 
 def test_chat_streaming_matches_whole_response(client):

@@ -17,6 +17,7 @@ from taps_ray.serving.config import (
     deployment_options,
     load_best_config,
     load_serve_config,
+    missing_folders,
     resolve_config,
     save_best_config,
 )
@@ -115,3 +116,46 @@ def test_cli_check(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "strategy: single" in out and "missing drafter folder" in out
     assert main(["serve", str(best), "oops=1", "--check"]) == 2
+
+
+def test_policy_defaults_to_adaptive_and_the_app_setting_wins(tmp_path):
+    assert resolve_config(ServeConfig()).policy == "adaptive"
+    save_best_config(BestConfig(drafters=["prompt-lookup"], policy="fixed"), tmp_path / "b.yaml")
+    best = resolve_config(ServeConfig(best_config="b.yaml"), cwd=tmp_path)
+    assert best.policy == "fixed"  # the best configuration's
+    mine = resolve_config(ServeConfig(best_config="b.yaml", policy="adaptive"), cwd=tmp_path)
+    assert mine.policy == "adaptive"  # the app's own setting wins
+    with pytest.raises(TapsError, match="policy"):
+        load_serve_config({"policy": "fastest"})
+
+
+def test_prompt_lookup_drafters_stay_specs(tmp_path):
+    config = resolve_config(ServeConfig(strategy="merged", drafters=[
+        "prompt-lookup:num_tokens=4", "a/b"], profile="p.json"), cwd=tmp_path)
+    assert config.drafters == ["prompt-lookup:num_tokens=4", str(tmp_path / "a" / "b")]
+    assert config.profile == str(tmp_path / "p.json")
+    assert missing_folders(config.drafters) == [str(tmp_path / "a" / "b")]
+
+
+def test_best_config_that_chose_plain_decoding(tmp_path):
+    best = tmp_path / "best_config.yaml"
+    best.write_text(yaml.safe_dump({"strategy": "plain", "drafters": ["math-hass"],
+                                    "reason": "nothing beat plain decoding by 5 %",
+                                    "metric": "tokens_per_s", "value": 17.0}))
+    http, apps = read_plan(best, [])  # informational keys still mark a best configuration
+    assert apps[0]["args"] == {"best_config": str(best)}
+    config = resolve_config(load_serve_config(apps[0]["args"]))
+    assert (config.strategy, config.drafters) == ("none", [])
+
+
+def test_cli_check_policy_and_profile(tmp_path, capsys):
+    best = tmp_path / "best_config.yaml"
+    best.write_text(yaml.safe_dump({"strategy": "single", "drafters": ["prompt-lookup"]}))
+    assert main(["serve", str(best), "--policy", "fixed", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "policy: fixed" in out and "missing drafter folder" not in out
+    corrupt = tmp_path / "profile.json"
+    corrupt.write_text("{not json")
+    assert main(["serve", str(best), "--profile", str(corrupt), "--check"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "profile.json' is corrupt" in err[0]

@@ -78,9 +78,13 @@ class CountingPool(ThreadPoolExecutor):
 class RecordingMetrics:
     def __init__(self) -> None:
         self.records: list[tuple] = []
+        self.snapshots: list = []  # live speed, published while decoding
 
     def record(self, endpoint, status, latency_s, stats) -> None:
         self.records.append((endpoint, status, stats))
+
+    def live(self, snapshot) -> None:
+        self.snapshots.append(snapshot)
 
 
 def asgi(app, path: str, body: dict, headers: dict[str, str]) -> tuple[int, dict]:

@@ -70,7 +70,7 @@ def test_stream_plain_matches_generate_plain(target):
 
 
 def test_speculative_output_and_stats_match_the_engine(target, drafters):
-    svc = service(target, drafters)
+    svc = service(target, drafters, policy="fixed")  # the engine's own default policy
     text, last = run(svc, request(max_tokens=10))
     engine = SpeculativeEngine(target, drafters, TREE, "route-confidence")
     result = engine.generate(list(PROMPT), SamplingParams(), 10, set())
@@ -83,7 +83,7 @@ def test_speculative_output_and_stats_match_the_engine(target, drafters):
 
 
 def test_single_uses_the_first_requested_drafter(target, drafters):
-    svc = service(target, drafters)
+    svc = service(target, drafters, policy="fixed")
     _, last = run(svc, request(max_tokens=6, strategy="single", drafters=("chat-b", "math-a")))
     assert list(last.stats.routes) == ["chat-b"]
 
@@ -164,3 +164,59 @@ def test_load_service_falls_back_to_plain_until_drafters_exist(target, drafters,
         save_drafter(drafter, path, drafter.meta)
     svc = load_service(config, log=logged.append)  # a restart picks them up
     assert svc.default_strategy == "route-confidence" and list(svc.drafters) == ["math-a", "chat-b"]
+
+
+def test_adaptive_default_is_lossless_and_reports_live_speed(target, drafters):
+    from taps_ray.decoding.prompt_lookup import load_drafter_spec
+
+    lookup = load_drafter_spec("prompt-lookup:num_tokens=4", target)
+    svc = service(target, [drafters[0], lookup])
+    snapshots = []
+    job = svc.prepare(request(max_tokens=24, prompt=(1, 2, 3, 1, 2, 3, 1, 2)))
+    assert job.policy.name == "adaptive"
+    events = list(svc.run(job, snapshots.append))
+    plain = generate_plain(target, list(job.prompt_ids), SamplingParams(), 24, set())
+    assert "".join(e.text for e in events) == DigitTokenizer().decode(plain.tokens)
+    stats = events[-1].stats
+    assert 0 <= stats.speculative_steps <= stats.steps and stats.tau >= 1
+    live = snapshots[-1]  # published after the last step
+    assert live.tokens_per_s > 0 and live.tokens_per_step >= 1
+    assert live.speculating == job.policy.speculate()
+
+
+def test_guard_fallback_reaches_the_live_stats(target, drafters):
+    svc = service(target, drafters)
+    svc.plain_rate = 1e9  # plain decoding "measured" unbeatable: the guard must fall back
+    job = svc.prepare(request(max_tokens=24))
+    _, last = run(svc, job.request)
+    live = svc.live.snapshot()
+    assert live.fallbacks >= 1 and not live.speculating
+    assert last.stats.routes["none"] == last.stats.steps - last.stats.speculative_steps > 0
+    plain = CompletionService(ServeConfig(target="tiny"), target, [])
+    run(plain, request(max_tokens=3))
+    assert not plain.live.snapshot().speculating
+
+
+def test_load_service_reads_this_machines_profile(target, drafters, tmp_path, monkeypatch):
+    from taps_ray.serving.policy import target_key
+    from taps_ray.serving.service import load_service
+    from taps_ray.speed.profile import default_profile_path, save_profile
+    from tests.speed.conftest import hand_profile
+
+    monkeypatch.setenv("TAPS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("taps_ray.models.target.load_target", lambda *a, **k: target)
+    config = ServeConfig(target="tiny", drafters=["prompt-lookup"], strategy="single")
+    logged = []
+    assert load_service(config, log=logged.append).profile is None
+    assert "taps-ray calibrate` would give it a head start" in logged[0]
+    key = target_key(target)
+    save_profile(hand_profile(key), default_profile_path(key))
+    assert load_service(config, log=logged.append).profile.key == key
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("[]")
+    with pytest.raises(TapsError, match="is corrupt"):
+        load_service(dataclasses.replace(config, profile=str(corrupt)))
+    other = tmp_path / "other.json"
+    save_profile(hand_profile(), other)
+    with pytest.raises(TapsError, match="other hardware"):
+        load_service(dataclasses.replace(config, profile=str(other)))
