@@ -35,20 +35,29 @@ def causal_mask(past_len: int, q: int, dtype: torch.dtype, device: torch.device)
     return prefix_tree_mask(past_len, tri, dtype)
 
 
+@torch.inference_mode()  # the cache's tensors are inference tensors: edit them in that mode
 def compact_cache(
     cache: object,  # transformers DynamicCache
     past_len: int,  # entries before the verified block, kept as they are
     keep: torch.Tensor,  # [m] long, offsets inside the verified block to keep, in order
 ) -> None:
-    """Keep prefix + the accepted path's entries and drop the rest of the tree, in place."""
+    """Keep prefix + the accepted path's entries and drop the rest of the tree, in place.
+
+    The kept entries move down to offsets 0..m-1 of the block (nothing moves when they are
+    already there, as on a chain) and the cache is cut after them: no copy of the prefix, which
+    grows with the sequence and was the larger part of a step's bookkeeping.
+    """
+    m = keep.numel()
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             continue
-        idx = keep.to(layer.keys.device) + past_len
-        layer.keys = torch.cat([layer.keys[..., :past_len, :], layer.keys[..., idx, :]], dim=-2)
-        layer.values = torch.cat(
-            [layer.values[..., :past_len, :], layer.values[..., idx, :]], dim=-2
-        )
+        idx = keep.to(layer.keys.device)
+        if not torch.equal(idx, torch.arange(m, device=idx.device)):
+            rows = idx + past_len
+            layer.keys[..., past_len : past_len + m, :] = layer.keys[..., rows, :]
+            layer.values[..., past_len : past_len + m, :] = layer.values[..., rows, :]
+        layer.keys = layer.keys[..., : past_len + m, :]
+        layer.values = layer.values[..., : past_len + m, :]
 
 
 def crop_cache(cache: object, length: int) -> None:
