@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from taps_ray.config.schema import BENCHMARKS, TreeConfig
 from taps_ray.errors import TapsError
+from taps_ray.evaluation.speed_select import chain, tree_grid
 
 # the three training mixtures; the strings equal distributed.sweep.mixture_for(1, 0, .5), which
 # makes the sweep's data specs (and so their feature caches) the specialists' own
@@ -43,6 +44,9 @@ class Profile:
     sweep_fractions: list[float]  # math fractions the Tune sweep trains
     sweep_epochs: int  # epochs per sweep trial
     sweep_prompts: int  # replay prompts per benchmark after each sweep epoch
+    # tree shapes replayed to rank configurations by predicted tokens/s (speed stage)
+    speed_trees: list[TreeConfig] = field(default_factory=list)
+    speed_top: int = 3  # best predicted configurations confirmed live against plain decoding
     seed: int = 1  # picks benchmark prompts (training draws use seed 0)
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
 
@@ -55,6 +59,7 @@ PROFILES = {
         live_strategies=["single", "merged/sum", "route-confidence/step"],
         live_methods=["eagle2", "hass"],
         sweep_fractions=[0.0, 1.0], sweep_epochs=1, sweep_prompts=1,
+        speed_trees=[chain(2), TreeConfig(total_tokens=16, depth=3, top_k=4)], speed_top=2,
     ),
     "default": Profile(
         name="default", total=400, max_length=256, epochs=2, lr=5e-4, draft_vocab_size=4096,
@@ -62,6 +67,7 @@ PROFILES = {
         replay_prompts=3, live_prompts=1, live_benchmarks=["gsm8k", "mt_bench"],
         live_strategies=list(STRATEGIES), live_methods=["eagle2"],
         sweep_fractions=[0.0, 0.5, 1.0], sweep_epochs=1, sweep_prompts=2,
+        speed_trees=tree_grid(TreeConfig(total_tokens=60, depth=5, top_k=10)), speed_top=3,
     ),
 }
 

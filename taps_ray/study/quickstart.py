@@ -9,8 +9,13 @@ Stages, each resumable (Ctrl-C, then the same command continues where it stopped
    the mixed drafters, on the four benchmarks (`DIR/results/`, one file per finished unit);
 3. T = 1 live bench on a smaller subset, with plain decoding as the speed baseline;
 4. a Ray Tune sweep over the math fraction of the training mixture (`DIR/sweep/`);
-5. the report (`DIR/report/`: tables.md, tables.csv, PNG plots, report.html) and
-   `DIR/best_config.yaml`, the configuration with the highest mean tau at T = 0.
+5. the speed stage (taps_ray/study/speed_stage.py): this machine's cost profile, the
+   specialists and prompt lookup replayed over a grid of tree shapes, predicted tokens/s, the
+   best few confirmed live against plain decoding; `DIR/best_config.yaml` is the fastest live
+   configuration, or plain decoding when nothing beats it by 5 % (`choose_by="tau"`: the
+   highest mean tau at T = 0, the study's ranking);
+6. the report (`DIR/report/`: tables.md, tables.csv, PNG plots, report.html), opening with the
+   chosen configuration and the profile it was chosen on.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ REPLAY_RUN, MIXED_RUN, LIVE_RUN = "replay-t0", "replay-t0-mixed", "live-t1"
 class QuickstartResult:
     out: Path
     tables: dict  # temperature -> {table name -> DataFrame}, as the report builds them
+    speed: list  # the report's live (and predicted) speed tables
     best: dict  # the best_config.yaml contents
     sweep_best: dict | None  # the sweep's best_config.yaml contents (None: no trial reported)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -93,6 +99,7 @@ def sweep_config(profile: Profile, out: Path):
 
 
 def run_quickstart(profile: Profile, out: str | Path, *, with_sweep: bool = True,
+                   choose_by: str = "speed",
                    log: Callable[[str], None] = print) -> QuickstartResult:
     """Run (or resume) every stage; returns the tables and the chosen configuration."""
     out = Path(out).expanduser().resolve()
@@ -101,8 +108,10 @@ def run_quickstart(profile: Profile, out: str | Path, *, with_sweep: bool = True
     out.mkdir(parents=True, exist_ok=True)
     from taps_ray.models.target import load_target
 
+    if choose_by not in ("speed", "tau"):
+        raise TapsError(f"choose_by '{choose_by}' is unknown; use speed or tau")
     seconds: dict[str, float] = {}
-    stages = 5 if with_sweep else 4
+    stages = 6 if with_sweep else 5
     target = load_target()
 
     def stage(index: int, title: str):
@@ -117,26 +126,44 @@ def run_quickstart(profile: Profile, out: str | Path, *, with_sweep: bool = True
     start = stage(2, "T = 0 replay: every strategy on the four benchmarks, then T = 1 live")
     run_benches(profile, out, target, log)
     seconds["bench"] = time.perf_counter() - start
+
+    start = stage(3, "speed: cost profile, tree grid by replay, the fastest confirmed live")
+    from taps_ray.study.speed_stage import run_speed_stage
+
+    best, cost = run_speed_stage(profile, out, target, log)
+    seconds["speed"] = time.perf_counter() - start
     del target  # the sweep's trials load their own
 
     sweep_best = None
     if with_sweep:
-        start = stage(3, f"Ray Tune sweep over the math fraction {profile.sweep_fractions}")
+        start = stage(4, f"Ray Tune sweep over the math fraction {profile.sweep_fractions}")
         sweep_best = run_mixture_sweep(profile, out, log)
         seconds["sweep"] = time.perf_counter() - start
 
-    start = stage(stages - 1, "report")
-    report = write_quickstart_report(out)
-    seconds["report"] = time.perf_counter() - start
+    start = stage(stages - 1, "best configuration")
+    if choose_by == "tau":
+        from taps_ray.evaluation.results import read_rows
 
-    stage(stages, "best configuration")
-    best = choose_best(report.inputs.rows, out)
+        best = choose_best(read_rows([str(out / "results")]), out)
     from taps_ray.serving.config import BestConfig, save_best_config
 
     save_best_config(from_dict(BestConfig, best), out / "best_config.yaml")
+    log(f"best_config.yaml: {describe_best(best)}")
+    seconds["choose"] = time.perf_counter() - start
+
+    start = stage(stages, "report")
+    report = write_quickstart_report(out, cost)
+    seconds["report"] = time.perf_counter() - start
+    return QuickstartResult(out, report.tables, report.speed, best, sweep_best, seconds)
+
+
+def describe_best(best: dict) -> str:
+    if best["strategy"] == "plain":
+        return f"plain decoding ({best['reason']})"
     names = ", ".join(Path(d).name for d in best["drafters"])
-    log(f"best_config.yaml: {best['strategy']} over {names} (mean tau {best['value']})")
-    return QuickstartResult(out, report.tables, best, sweep_best, seconds)
+    tree = best["tree"]
+    return (f"{best['strategy']} over {names}, tree {tree['total_tokens']}/{tree['depth']}/"
+            f"{tree['top_k']} ({best['metric']} {best['value']})")
 
 
 def train_drafters(profile: Profile, out: Path, target, log: Callable[[str], None]) -> None:
@@ -194,10 +221,11 @@ def run_mixture_sweep(profile: Profile, out: Path, log: Callable[[str], None]) -
     return result.best
 
 
-def write_quickstart_report(out: Path):
+def write_quickstart_report(out: Path, cost_profile=None):
     from taps_ray.evaluation.report import build_report, write_report
 
-    report = build_report([str(out / "results")])
+    report = build_report([str(out / "results")], best_config=out / "best_config.yaml",
+                          profile=cost_profile)
     write_report(report, out / "report")
     return report
 

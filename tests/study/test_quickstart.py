@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import pytest
+import yaml
 
 import taps_ray.evaluation.bench as bench_module
 from taps_ray.cli import main
@@ -70,6 +70,9 @@ def test_every_row_exactly_once(quickstart):
     live = rows[rows["run_id"] == "live-t1"]
     live_rows = len(SMOKE.live_methods) * (len(SMOKE.live_strategies) + 1) + 1  # + plain
     assert len(live) == live_rows * SMOKE.live_prompts and set(live["temperature"]) == {1.0}
+    speed = rows[rows["run_id"] == "speed-live-t0"]  # plain + the top predicted, interleaved
+    assert len(speed) == (1 + SMOKE.speed_top) * len(SMOKE.benchmarks) * SMOKE.live_prompts
+    assert set(speed["mode"]) == {"live"} and set(speed["temperature"]) == {0.0}
 
 
 def test_report_sweep_and_best_config(quickstart):
@@ -83,9 +86,23 @@ def test_report_sweep_and_best_config(quickstart):
     assert "merged/matched (hass)" in (report / "tables.md").read_text()
     sweep = out / "sweep" / "mixture"
     assert (sweep / "sweep_table.md").exists() and (sweep / "best_config.yaml").exists()
-    served = resolve_config(ServeConfig(best_config=str(out / "best_config.yaml")))
-    assert served.drafters and all(Path(d, "taps.json").exists() for d in served.drafters)
-    assert all(d.startswith(str(out / "drafters")) for d in served.drafters)
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["metric"] == "live_speedup" and "profile" in best["reason"]
+    # the choice is what the live rows say: the fastest if it beats plain, else plain
+    rows = read_rows([str(out / "results" / "speed-live-t0")])
+    speed = rows.groupby(["strategy", "benchmark"]).apply(
+        lambda g: g["new_tokens"].sum() / g["wall_s"].sum(), include_groups=False).unstack()
+    ratio = (speed.drop(index="plain") / speed.loc["plain"])
+    eligible = ratio[ratio.min(axis=1) >= 1.0].mean(axis=1)
+    if eligible.empty or eligible.max() < 1.05:
+        assert best["strategy"] == "plain" and not best["drafters"]
+    else:
+        assert best["value"] == pytest.approx(eligible.max(), abs=1e-3)
+        served = resolve_config(ServeConfig(best_config=str(out / "best_config.yaml")))
+        assert served.drafters
+        assert all(d.startswith(str(out / "drafters")) or d == "prompt-lookup"
+                   for d in served.drafters)
+    assert "At a glance" in (report / "tables.md").read_text()
 
 
 def test_third_run_reuses_everything(quickstart, capsys):
@@ -95,4 +112,5 @@ def test_third_run_reuses_everything(quickstart, capsys):
     printed = capsys.readouterr().out
     assert printed.count("trained already, reused") == 6
     assert printed.count(": 0 new rows") == 3 and "sweep finished already" in printed
+    assert "cost profile reused" in printed and "live speed rows measured already" in printed
     assert sorted(p.name for p in (out / "results").rglob("*.parquet")) == before
