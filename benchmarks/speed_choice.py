@@ -159,9 +159,9 @@ def build_configs(args, target, profile) -> list[Config]:
     else:
         drafters = [load_drafter_spec(d, target) for d in best["drafters"]]
         engine = SpeculativeEngine(target, drafters, TreeConfig(**best["tree"]),
-                                   best["strategy"], policy=make_policy(best.get("policy",
-                                   "adaptive"), profile), **best.get("strategy_options", {}))
-        configs.append(Config("served (best_config)", engine_run(engine), every))
+                                   best["strategy"], **best.get("strategy_options", {}))
+        configs.append(Config("served (best_config)", served_run(engine, best, profile, n),
+                              every))
     head = load_drafter_spec(args.validate_drafter, target)
     lookup = load_drafter_spec("prompt-lookup", target)
     fixed = [([head], "single", chain(1)), ([head], "single", chain(3)),
@@ -177,6 +177,23 @@ def build_configs(args, target, profile) -> list[Config]:
         configs.append(Config(tag, engine_run(engine), (args.validate_benchmark,),
                               {"drafters": names, "strategy": label, "tree": tree}))
     return configs
+
+
+def served_run(engine, best: dict, profile, max_new: int):
+    """As `taps-ray serve` decodes: a fresh speed policy per request whose guard starts from
+    the plain speed the previous request measured (taps_ray/serving/service.py)."""
+    plain_rate = [None]
+
+    def run(ids):
+        engine.policy = make_policy(best.get("policy", "adaptive"), profile)
+        guard = getattr(engine.policy, "guard", None)
+        if guard is not None and plain_rate[0]:
+            guard.plain_rate = plain_rate[0]
+        result = engine.generate(ids, GREEDY, max_new)
+        if guard is not None and guard.plain_rate:
+            plain_rate[0] = guard.plain_rate
+        return result.tokens, result.steps
+    return run
 
 
 def warm_up(configs: list[Config], ids) -> None:

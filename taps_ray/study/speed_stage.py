@@ -89,8 +89,11 @@ def run_speed_stage(profile: Profile, out: Path, target,
     drafters = load_drafter_set(base, "speed", target)
     cost = ensure_profile(target, drafters, profile.name == "smoke", log,
                           out / "speed" / "profile-quick.json")
-    for cfg in grid_configs(base, profile.speed_trees):
-        run_bench(cfg, lambda name, c=cfg: drafters, target, progress=False)
+    grid = grid_configs(base, profile.speed_trees)
+    for i, cfg in enumerate(grid, 1):
+        _, written = run_bench(cfg, lambda name: drafters, target, progress=False)
+        log(f"  replay tree {i}/{len(grid)} ({cfg.tree.total_tokens}/{cfg.tree.depth}/"
+            f"{cfg.tree.top_k}): {written} rows written")
     ranked = rank_predicted(read_rows([base.results_dir]), cost)
     top = ranked[: profile.speed_top]
     for c in ranked[: profile.speed_top + 2]:
