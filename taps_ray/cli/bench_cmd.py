@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from taps_ray.errors import TapsError
 
@@ -22,6 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "~/.ray/auth_token")
     bench.add_argument("--workers", type=int, default=0,
                        help="with --ray: worker actors (default: one per available CPU slot)")
+    bench.add_argument("--profile", default=None, metavar="FILE",
+                       help="cost profile to rank the replay rows by predicted tokens/s (default: "
+                            "this machine's, when `taps-ray calibrate` saved one)")
     bench.add_argument("--json", action="store_true", help="print the pooled tau table as JSON")
     bench.set_defaults(func=run)
 
@@ -52,11 +56,50 @@ def run(args: argparse.Namespace) -> int:
     tables = {}
     for (temp, mode), part in df.groupby(["temperature", "mode"]):
         tables[f"T={temp:g} {mode}"] = tau_table(part)
+    ranking = speed_ranking(df, cfg, args.profile)
     if args.json:
-        print(json.dumps({k: t.round(4).to_dict(orient="index") for k, t in tables.items()}))
+        out = {k: t.round(4).to_dict(orient="index") for k, t in tables.items()}
+        if ranking is not None:
+            out["predicted_speed"] = ranking.round(4).to_dict(orient="index")
+        print(json.dumps(out))
     else:
         for name, table in tables.items():
             print(f"\n### pooled tau, {name}\n\n{to_markdown(table)}")
+        if ranking is not None:
+            print("\n### ranked by predicted tokens/s on this machine (replay tau / profile step "
+                  f"time; plain decoding = 1.00)\n\n{to_markdown(ranking, 2, 'configuration')}")
         print(f"\n{written} new rows ({len(df)} in all) -> {folder}")
     del pd
     return 0
+
+
+def speed_ranking(rows, cfg, profile_path: str | None):
+    """Replay configurations by predicted speedup over plain decoding, or None without a
+    profile for this machine (an explicitly named bad profile is an error)."""
+    import pandas as pd
+    import torch
+
+    from taps_ray.evaluation.speed_select import rank_predicted
+    from taps_ray.models.target import default_device, default_dtype, parse_dtype
+    from taps_ray.speed.profile import current_key, default_profile_path, load_profile
+
+    if not (rows["mode"] == "replay").any():
+        return None
+    device = torch.device(cfg.target.device) if cfg.target.device else default_device()
+    dtype = parse_dtype(cfg.target.dtype) if cfg.target.dtype else default_dtype(device)
+    key = current_key(cfg.target.name, dtype, device, kernels="default")
+    path = profile_path or default_profile_path(key)
+    if profile_path is None and not path.is_file():
+        print(f"(no cost profile for this machine at {path}: `taps-ray calibrate` lets bench "
+              "rank configurations by predicted tokens/s)", file=sys.stderr)
+        return None
+    try:
+        ranked = rank_predicted(rows, load_profile(path, expect=key))
+    except TapsError as err:
+        if profile_path:
+            raise
+        print(f"(not ranked by predicted tokens/s: {err})", file=sys.stderr)
+        return None
+    return pd.DataFrame(
+        [{"predicted speedup": c.predicted_speedup, "mean tau": c.mean_tau} for c in ranked],
+        index=[c.key for c in ranked])

@@ -76,7 +76,7 @@ def load_target(
     if kernels not in KERNELS:
         raise TapsError(f"target kernels '{kernels}' is unknown; use one of {', '.join(KERNELS)}")
     dev = torch.device(device) if device is not None else default_device()
-    dt = _parse_dtype(dtype) if dtype is not None else default_dtype(dev)
+    dt = parse_dtype(dtype) if dtype is not None else default_dtype(dev)
     folder = resolve_target_folder(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dt).to(dev)
     model.eval().requires_grad_(False)
@@ -249,7 +249,7 @@ def _hub_snapshot(repo_id: str) -> str:
         raise TapsError(f"could not download target '{repo_id}' from the hub: {err}") from None
 
 
-def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {

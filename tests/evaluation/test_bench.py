@@ -70,3 +70,26 @@ def test_bench_cli_writes_exact_rows_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # resume: every unit is finished, nothing reruns
     assert sorted(p.name for p in out.rglob("*.parquet")) == files
     assert len(read_rows([str(out)])) == len(rows)
+    capsys.readouterr()
+    # with this machine's cost profile the replay rows are ranked by predicted tokens/s
+    assert main([*args, "--profile", str(hand_profile(tmp_path, ["untrained0-eagle2",
+                                                                 "untrained1-eagle2"]))]) == 0
+    ranked = json.loads(capsys.readouterr().out)["predicted_speed"]
+    assert set(ranked) == {f"{label} @ 20-3-6" for label in labels}
+    speedups = [v["predicted speedup"] for v in ranked.values()]
+    assert speedups == sorted(speedups, reverse=True) and all(s > 0 for s in speedups)
+
+
+def hand_profile(folder, drafters: list[str]):
+    """A profile keyed to this machine and the default target (T1 40 ms, Tv 40 + 2n ms)."""
+    import torch
+
+    from taps_ray.speed.profile import CostProfile, current_key, save_profile
+
+    key = current_key("smollm2-135m-instruct", torch.float32, torch.device("cpu"))
+    rounds = {d: {1: 0.002, 6: 0.004} for d in drafters}
+    profile = CostProfile(key, 0.04, {256: {1: 0.042, 64: 0.168}}, rounds,
+                          {"step": 0.001, "merge": 0.0001, "route": 0.0001}, "now", "test")
+    path = folder / "profile.json"
+    save_profile(profile, path)
+    return path

@@ -35,7 +35,7 @@ def test_missing_path_is_refused(tmp_path):
 
 def test_bad_dtype_is_refused():
     with pytest.raises(TapsError, match="dtype 'fp8'"):
-        target_mod._parse_dtype("fp8")
+        target_mod.parse_dtype("fp8")
 
 
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
