@@ -2,11 +2,17 @@
 
     input  = concat(embed(x_{t+1}), f_t)          # [B, T, 2d], embed = the target's (frozen)
     h      = fc(input)                             # [B, T, d]
-    f^_t+1 = decoder(h)                            # one decoder layer of the target's family + norm
+    f^_t+1 = decoder(h)                            # one decoder layer of the target's family
     logits = lm_head(f^_t+1)                       # the target's LM head (frozen), maybe row-sliced
 
 Only `fc` and the decoder are trained and saved. The embedding and LM head stay in the target and
 are passed in at call time, so they are shared, never copied.
+
+Two layouts of the decoder, recorded in taps.json (`layout`; files without it are "taps"):
+- "taps": the layer keeps its input RMSNorm and a final norm follows it;
+- "eagle": the published EAGLE-1/2 layout (EAGLE `eagle/model/cnets1.py`, inherited by HASS and
+  the TAPS study): layer 0 has no input norm and no final norm follows, so the target's LM head
+  reads the layer's output. vLLM and SGLang load this one (see `eagle_format.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +29,7 @@ from torch import nn
 from taps_ray.errors import TapsError
 
 _FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+LAYOUTS = ("taps", "eagle")
 CONFIG_FILE, WEIGHTS_FILE, META_FILE = "config.json", "model.safetensors", "taps.json"
 
 
@@ -36,6 +43,7 @@ class DrafterMeta:
     tokenizer_fingerprint: str = ""  # sha256 of the target vocabulary
     data: dict = field(default_factory=dict)  # mixture spec and exact counts drawn
     draft_vocab_size: int = 0  # 0 = full vocabulary
+    layout: str = "taps"  # taps | eagle (published EAGLE-1/2: no input/final norm); see LAYOUTS
     extra: dict = field(default_factory=dict)  # training summary, averaging weights, ...
 
 
@@ -62,14 +70,26 @@ def decoder_config(target_config: object) -> object:
 class EagleDrafter(nn.Module):
     """EAGLE-2 head built from a target config; optional reduced draft vocabulary."""
 
-    def __init__(self, target_config: object, draft_vocab: torch.Tensor | None = None):
+    def __init__(
+        self,
+        target_config: object,
+        draft_vocab: torch.Tensor | None = None,
+        layout: str = "taps",  # see LAYOUTS
+    ):
         super().__init__()
         from transformers import AutoModel
 
+        if layout not in LAYOUTS:
+            raise TapsError(
+                f"drafter layout '{layout}' is unknown; use one of {', '.join(LAYOUTS)}"
+            )
         hidden = target_config.hidden_size
         self.target_config = target_config
+        self.layout = layout
         self.fc = nn.Linear(2 * hidden, hidden, bias=True)
         self.decoder = AutoModel.from_config(decoder_config(target_config))
+        if layout == "eagle":
+            _drop_published_norms(self.decoder)
         # [N] long: draft-vocab index -> target token id (None: full vocabulary)
         self.register_buffer("draft_vocab", draft_vocab, persistent=draft_vocab is not None)
 
@@ -106,32 +126,45 @@ class EagleDrafter(nn.Module):
         return draft_ids if self.draft_vocab is None else self.draft_vocab[draft_ids]
 
 
+def _drop_published_norms(decoder: nn.Module) -> None:
+    """EAGLE-1/2 skip layer 0's input norm and have no final norm (cnets1.py): with both as
+    identity the HF decoder still runs through its own public forward, unpatched."""
+    decoder.norm = nn.Identity()
+    decoder.layers[0].input_layernorm = nn.Identity()
+
+
 def tokenizer_fingerprint(tokenizer: object) -> str:
     """Stable hash of a tokenizer's vocabulary: drafters refuse targets with another one."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
-def untrained_drafter(target: object, seed: int = 0, draft_vocab_size: int = 0) -> EagleDrafter:
+def untrained_drafter(
+    target: object, seed: int = 0, draft_vocab_size: int = 0, layout: str = "taps"
+) -> EagleDrafter:
     """A randomly initialised head: a valid drafter for tests and the lossless check."""
     torch.manual_seed(seed)
     vocab = None
     if draft_vocab_size:
         vocab = torch.arange(min(draft_vocab_size, target.model.config.vocab_size))
-    drafter = EagleDrafter(target.model.config, vocab).to(target.device, target.dtype)
+    drafter = EagleDrafter(target.model.config, vocab, layout).to(target.device, target.dtype)
     tokenizer = getattr(target, "tokenizer", None)
     drafter.meta = DrafterMeta(
         target=target.name,
         draft_vocab_size=draft_vocab_size,
+        layout=layout,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
     )
     return drafter.eval().requires_grad_(False)
 
 
 def save_drafter(drafter: EagleDrafter, path: str | Path, meta: DrafterMeta) -> Path:
-    """Write config.json + model.safetensors + taps.json atomically (temp folder, then rename)."""
+    """Write config.json + model.safetensors + taps.json atomically (temp folder, then rename).
+
+    taps.json records the drafter's own layout, whatever `meta` says."""
     from safetensors.torch import save_file
 
+    meta = replace(meta, layout=drafter.layout)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -148,33 +181,54 @@ def save_drafter(drafter: EagleDrafter, path: str | Path, meta: DrafterMeta) -> 
 
 def load_drafter(path: str | Path, target: object) -> EagleDrafter:
     """Load a saved drafter for `target`; a mismatched or damaged checkpoint is a user error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    path = _check_folder(path)
+    meta = _read_meta(path / META_FILE)
+    check_compatible(AutoConfig.from_pretrained(path), meta, target, path)
+    drafter = _build(path, target.model.config, meta)
+    return drafter.to(target.device, target.dtype).eval().requires_grad_(False)
+
+
+def read_drafter(path: str | Path) -> EagleDrafter:
+    """A saved drafter on the CPU, built from its own config.json (no target needed: export)."""
+    from transformers import AutoConfig
+
+    path = _check_folder(path)
+    meta = _read_meta(path / META_FILE)
+    return _build(path, AutoConfig.from_pretrained(path), meta).eval().requires_grad_(False)
+
+
+def _check_folder(path: str | Path) -> Path:
     path = Path(path)
     for name in (CONFIG_FILE, WEIGHTS_FILE, META_FILE):
         if not (path / name).is_file():
             raise TapsError(
                 f"drafter folder '{path}' has no {name}; pass a folder written by taps-ray train"
             )
-    meta = _read_meta(path / META_FILE)
-    config = AutoConfig.from_pretrained(path)
-    check_compatible(config, meta, target, path)
+    return path
+
+
+def _build(path: Path, config: object, meta: DrafterMeta) -> EagleDrafter:
+    """The head of `meta.layout` over `config` with the weights in `path` (strictly matched)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except (SafetensorError, OSError) as err:
         raise TapsError(
             f"drafter weights '{path / WEIGHTS_FILE}' are corrupted ({err}); retrain it"
         ) from None
-    drafter = EagleDrafter(target.model.config, state.get("draft_vocab"))
+    drafter = EagleDrafter(config, state.get("draft_vocab"), meta.layout)
     missing, unexpected = drafter.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise TapsError(
-            f"drafter weights in '{path}' do not match the head ({(missing or unexpected)[0]})"
+            f"drafter weights in '{path}' do not match the head of layout '{meta.layout}' "
+            f"({(missing or unexpected)[0]})"
         )
     drafter.meta = meta
-    return drafter.to(target.device, target.dtype).eval().requires_grad_(False)
+    return drafter
 
 
 def check_compatible(config: object, meta: DrafterMeta, target: object, path: Path) -> None:

@@ -95,6 +95,7 @@ def train_from_config(
     meta = DrafterMeta(
         name=cfg.drafter.name or default_drafter_name(cfg.data, cfg.drafter.method),
         method=cfg.drafter.method,
+        layout=cfg.drafter.layout,
         target=str(target.name),
         tokenizer_fingerprint=tokenizer_fingerprint(target.tokenizer) if target.tokenizer else "",
         data={**DataSpec.from_config(cfg.data).as_dict(), "counts": counts},

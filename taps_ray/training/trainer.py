@@ -95,7 +95,7 @@ class DrafterTrainer:
         self.total_steps = min(cfg.max_steps or 10**18, cfg.epochs * per_epoch)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG left untouched
             torch.manual_seed(cfg.seed)
-            self.drafter = EagleDrafter(target.model.config, draft_vocab)
+            self.drafter = EagleDrafter(target.model.config, draft_vocab, _layout(meta))
         self.drafter.to(self.device).train()
         self.embed = target.model.get_input_embeddings()
         lm_head = target.model.get_output_embeddings().weight
@@ -290,3 +290,8 @@ def _check_settings(cfg, method: str, source: FeatureSource, target) -> None:
             f"the features have hidden size {source.hidden_size} but target '{target.name}' has "
             f"{target.model.config.hidden_size}; build the feature cache for this target"
         )
+
+
+def _layout(meta: DrafterMeta | None) -> str:
+    """The layout new heads are built in: the run's drafter.layout, carried in its meta."""
+    return meta.layout if meta is not None else "taps"
