@@ -23,11 +23,13 @@ LIVE_MARK = " [live]"  # added by report.load_inputs where live and replay share
 SPEEDUP = "speedup vs plain (live, same run)"
 PREDICTED_SPEEDUP = "predicted speedup vs plain (1/T1)"
 _TAG = re.compile(r" \([^()]*\)$")  # "merged/sum (eagle2)": the drafter set's name
+_TREE = re.compile(r" @ \d+-\d+-\d+$")  # "math-hass @ 4-2-2": speed_select's live rows
 
 
 def base_label(label: str) -> str:
-    """`merged/sum (eagle2) [live]` -> `merged/sum`; a drafter's own name stays as it is."""
-    label = label.removesuffix(LIVE_MARK)
+    """`merged/sum (eagle2) [live]` -> `merged/sum`; `math-hass @ 4-2-2` (a label with its tree,
+    as the speed stage writes them) -> `math-hass`; a drafter's own name stays as it is."""
+    label = _TREE.sub("", label.removesuffix(LIVE_MARK))
     return _TAG.sub("", label)
 
 
@@ -37,7 +39,8 @@ def strategy_name(label: str, drafters: list[str]) -> str:
     label = label.removesuffix(LIVE_MARK)
     if label == PLAIN or not len(drafters):
         return PLAIN
-    return "single" if label in drafters else base_label(label)
+    base = base_label(label)
+    return "single" if base in drafters else base
 
 
 def profile_slug(profile) -> str:

@@ -91,7 +91,9 @@ def describe(best: dict | None, source: str) -> str:
         return f"Plain decoding, no speculation{where}: {reason}."
     tree = best.get("tree") or {}
     shape = "/".join(str(tree.get(k, "?")) for k in ("total_tokens", "depth", "top_k"))
-    text = (f"{chosen_label(best)} over {', '.join(drafter_names(best))}, tree {shape} "
+    what = (f"{drafter_names(best)[0]} alone" if best.get("strategy") == "single"
+            else f"{chosen_label(best)} over {', '.join(drafter_names(best))}")
+    text = (f"{what}, tree {shape} "
             f"(total_tokens/depth/top_k){where.replace(' (', ', from ').rstrip(')')}")
     if best.get("metric"):
         text += f"; chosen by {best['metric']} = {_num(best.get('value'))}"
@@ -122,7 +124,7 @@ def overview_table(rows, tau_tables: dict, best: dict | None):
     columns: dict[str, pd.Series] = {}
     if best is not None:
         mine = chosen_rows(rows, best)
-        for temp in sorted(mine["temperature"].unique()):
+        for temp in sorted(mine["temperature"].unique()) if len(mine) else []:
             speed = live_speed_table(_with_plain(rows, mine, temp), float(temp))
             speed = speed.reset_index()
             speed = speed[speed["label"].map(base_label) == chosen_label(best)]

@@ -75,3 +75,11 @@ def test_plain_decoding_is_served_when_nothing_beats_it_by_five_percent():
 def test_engine_strategy_reads_bench_labels():
     assert engine_strategy(A) == ("single", {})
     assert engine_strategy(B) == ("merged", {"budget": "sum"})
+
+
+def test_labels_with_a_tree_read_as_their_configuration():
+    from taps_ray.evaluation.speed_columns import base_label, strategy_name
+
+    assert base_label(A.key) == "math-hass" and base_label(B.key) == "merged/sum"
+    assert strategy_name(A.key, ["math-hass"]) == "single"
+    assert strategy_name(B.key, ["math-hass", "prompt-lookup"]) == "merged/sum"
