@@ -14,6 +14,7 @@ _COMMANDS = (
     "taps_ray.cli.calibrate_cmd",
     "taps_ray.cli.config_cmd",
     "taps_ray.cli.data_cmd",
+    "taps_ray.cli.drafter_cmd",
     "taps_ray.cli.generate_cmd",
     "taps_ray.cli.plan_cmd",
     "taps_ray.cli.quickstart_cmd",

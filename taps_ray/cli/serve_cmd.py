@@ -55,7 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     http, apps = read_plan(Path(args.config), args.overrides + _speed_overrides(args))
     http = {**http, **{k: v for k, v in (("host", args.host), ("port", args.port)) if v}}
-    builds = [(app, _builder(app["import_path"])) for app in apps]
+    _check_llm_apps(apps, serving=not args.check)
+    builds = [(app, _app_builder(app, args.check)) for app in apps]
     check_exposure(http, apps)
     _check_profiles(apps)
     if args.check:
@@ -102,6 +103,24 @@ def _check_profiles(apps: list[dict[str, Any]]) -> None:
         profile = (app.get("args") or {}).get("profile")
         if profile:
             check_profile_file(Path(str(profile)).expanduser())
+
+
+def _check_llm_apps(apps: list[dict[str, Any]], serving: bool) -> None:
+    """Ray Serve LLM apps (vLLM engine, e.g. a `drafter export` folder's serve_llm.yaml) are
+    validated with Ray's schema; serving them needs vLLM installed."""
+    from taps_ray.serving.vllm_app import check_llm_app, is_llm_app
+
+    for app in apps:
+        if is_llm_app(app):
+            check_llm_app(app, serving)
+
+
+def _app_builder(app: dict[str, Any], checking: bool):
+    """The app's builder; none for a Ray Serve LLM app under --check (ray.serve.llm imports
+    only where vLLM or SGLang is installed)."""
+    from taps_ray.serving.vllm_app import is_llm_app
+
+    return None if checking and is_llm_app(app) else _builder(app["import_path"])
 
 
 def _deploy_failure(message: str) -> str:
