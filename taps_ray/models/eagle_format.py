@@ -342,7 +342,7 @@ def export_folder(
         WEIGHTS: save(engine_state(drafter, fmt), metadata={"format": "pt"}),
         CONFIG: json.dumps(engine_config(drafter, fmt, tree), indent=2).encode(),
     }
-    if fmt == "sglang" and drafter.draft_vocab is not None:
+    if drafter.draft_vocab is not None:  # SGLang reads it; vLLM ignores it, import restores it
         buffer = io.BytesIO()
         torch.save(drafter.draft_vocab.detach().cpu().long(), buffer)
         files[TOKEN_MAP_FILE] = buffer.getvalue()

@@ -291,7 +291,7 @@ def draft(drafter, target, features, tokens):
     return session.draft(TREE)
 
 
-@pytest.mark.parametrize(("fmt", "vocab"), [("vllm", 0), ("sglang", 20)])
+@pytest.mark.parametrize(("fmt", "vocab"), [("vllm", 0), ("vllm", 20), ("sglang", 20)])
 def test_export_then_import_gives_identical_weights_and_trees(tmp_path, fmt, vocab):
     target = tiny_target("llama")
     drafter = eagle_drafter(target, vocab=vocab)
