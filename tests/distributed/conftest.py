@@ -36,11 +36,5 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The driver's own torch work (reference decoding) stays on one thread, like the workers."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""

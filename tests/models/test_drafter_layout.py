@@ -30,13 +30,7 @@ from tests.tiny import tiny_target
 TREE = TreeConfig(12, 3, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 STRATEGIES = [
     ("single", {}),
     ("route-confidence", {"granularity": "step"}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from taps_ray.config.schema import TrainingConfig
 from taps_ray.data.render import RenderedExample
@@ -13,12 +12,8 @@ from tests.tiny import tiny_target
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core box makes them 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(autouse=True)
