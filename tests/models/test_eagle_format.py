@@ -31,14 +31,7 @@ from taps_ray.models.eagle_format import (
 from tests.tiny import tiny_target
 
 TREE = TreeConfig(12, 3, 4)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- a checkpoint as EAGLE saves it, and the published forward -------------------------------
