@@ -42,19 +42,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _epoch_eval(cfg, target):
     """Replay tau on held-out benchmark prompts after each epoch (logged with the epoch)."""
-    from taps_ray.evaluation.report import tau_table
-    from taps_ray.evaluation.runner import Candidate, replay_candidates, replay_prompts
+    from taps_ray.evaluation.runner import replay_prompts, replay_taus
 
     prompts = replay_prompts(target, cfg.evaluation)
 
     def hook(epoch: int, drafter) -> dict:
-        import pandas as pd
-
-        cand = Candidate("epoch", "single", ["epoch"])
-        rows = replay_candidates(target, {"epoch": drafter}, [cand], cfg.tree, prompts,
-                                 progress=False)
-        table = tau_table(pd.DataFrame([r.__dict__ for r in rows]))
-        taus = {f"tau_{k}": round(float(v), 4) for k, v in table.iloc[0].items()}
+        taus = {f"tau_{k}": v for k, v in replay_taus(target, drafter, cfg.tree, prompts).items()}
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v}" for k, v in taus.items()))
         return taus
 

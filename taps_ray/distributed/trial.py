@@ -10,7 +10,6 @@ copies it to the sweep's storage. A restarted or resumed trial gets it back thro
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from taps_ray.distributed.sweep import SweepConfig, data_specs, trial_config
@@ -18,7 +17,7 @@ from taps_ray.distributed.sweep import SweepConfig, data_specs, trial_config
 
 def sweep_trial(config: dict, base: dict) -> None:
     """Tune trainable: train one drafter; report replay tau and a checkpoint every epoch."""
-    from taps_ray.evaluation.runner import replay_prompts
+    from taps_ray.evaluation.runner import replay_prompts, replay_taus
     from taps_ray.models.target import load_target
     from taps_ray.training.pipeline import train_from_config
 
@@ -74,19 +73,6 @@ def epoch_reporter(evaluate, out: Path):
         return metrics
 
     return hook
-
-
-def replay_taus(target, drafter, tree, prompts) -> dict[str, float]:
-    """Pooled replay tau per benchmark and their mean ("mean") of one drafter at T = 0."""
-    import pandas as pd
-
-    from taps_ray.evaluation.report import tau_table
-    from taps_ray.evaluation.runner import Candidate, replay_candidates
-
-    cand = Candidate("trial", "single", ["trial"])
-    rows = replay_candidates(target, {"trial": drafter}, [cand], tree, prompts, progress=False)
-    table = tau_table(pd.DataFrame([asdict(r) for r in rows]))
-    return {str(k): round(float(v), 4) for k, v in table.iloc[0].items()}
 
 
 def prepare_data(cfg: SweepConfig) -> None:

@@ -106,3 +106,19 @@ def _progress(items, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(items, desc="replay", unit="prompt", leave=False)
+
+
+def replay_taus(target, drafter, tree: TreeConfig, prompts: list[ReplayPrompt]
+                ) -> dict[str, float]:
+    """Pooled replay tau per benchmark and their mean ("mean") of one drafter at T = 0: the
+    per-epoch check of training runs and sweep trials."""
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    from taps_ray.evaluation.report import tau_table
+
+    cand = Candidate("drafter", "single", ["drafter"])
+    rows = replay_candidates(target, {"drafter": drafter}, [cand], tree, prompts, progress=False)
+    table = tau_table(pd.DataFrame([asdict(r) for r in rows]))
+    return {str(k): round(float(v), 4) for k, v in table.iloc[0].items()}

@@ -13,12 +13,8 @@ from pathlib import Path
 
 from taps_ray.data.render import RenderedExample
 from taps_ray.distributed.sweep import trial_config
-from taps_ray.distributed.trial import (
-    epoch_reporter,
-    replay_taus,
-    restore_checkpoint,
-    trial_output_dir,
-)
+from taps_ray.distributed.trial import epoch_reporter, restore_checkpoint, trial_output_dir
+from taps_ray.evaluation.runner import replay_taus
 
 
 def tiny_trial(config: dict, base: dict) -> None:
