@@ -137,22 +137,22 @@ class SpeculativeEngine:
         if max_new_tokens <= 0:
             raise ValueError("max_new_tokens must be > 0")
         stops = default_stop_ids(self.target) if stop_token_ids is None else set(stop_token_ids)
-        gen = _generator(seed, self.runner.device)
-        prompt = _as_ids(prompt_ids, self.runner.device)
+        gen = sampling_generator(seed, self.runner.device)
+        prompt = as_ids(prompt_ids, self.runner.device)
         root = self._prefill(prompt, sampling, gen)
         tokens, finished = clip_at_stop([root], stops, max_new_tokens)
-        yield Chunk(list(tokens), None, _reason(tokens, stops) if finished else None)
+        yield Chunk(list(tokens), None, finish_reason(tokens, stops) if finished else None)
         self.strategy.start()
         while not finished:
             stat, (committed, finished) = self._step(
                 tokens[-1], sampling, gen, stops, max_new_tokens - len(tokens)
             )
             tokens += committed
-            yield Chunk(committed, stat, _reason(tokens, stops) if finished else None)
+            yield Chunk(committed, stat, finish_reason(tokens, stops) if finished else None)
 
     def _prefill(self, prompt, sampling, gen):
         feats = self.runner.prefill(prompt)  # [L, d]
-        root = _pick(self.runner.logits(feats[-1:]), sampling, gen)
+        root = pick_token(self.runner.logits(feats[-1:]), sampling, gen)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         for s in self.sessions:
             s.reset(int(prompt[0]))  # x_0: no pair carries it, token-only sessions need it
@@ -169,7 +169,7 @@ class SpeculativeEngine:
         feats = self.runner.verify(
             verify_ids, tree_position_offsets(tree), tree_attention_mask(tree)
         )
-        result = _verify(tree, self.runner, feats, sampling, gen)
+        result = verify_tree(tree, self.runner, feats, sampling, gen)
         t2 = time.perf_counter()
         if proposal.drafted:
             self.strategy.observe(proposal, len(result.accepted_nodes))
@@ -179,7 +179,7 @@ class SpeculativeEngine:
         if not finished:
             self._commit(past, feats, result, committed, proposal)
         t3 = time.perf_counter()
-        stat = _step_stats(tree, result, proposal, len(committed), (t1 - t0, t2 - t1, t3 - t2))
+        stat = step_stats(tree, result, proposal, len(committed), (t1 - t0, t2 - t1, t3 - t2))
         self.policy.observe(stat.verify_tokens, stat.accepted, stat.committed,
                             float(tree.scores.exp().sum()), t2 - t1, t3 - t0)
         return stat, (committed, finished)
@@ -224,13 +224,13 @@ def stream_plain(
     """Plain decoding as a stream of one-token chunks (stat None); the last has finish_reason."""
     stops = default_stop_ids(target) if stop_token_ids is None else set(stop_token_ids)
     runner = TargetRunner(target.model)
-    gen = _generator(seed, runner.device)
-    feats = runner.prefill(_as_ids(prompt_ids, runner.device))
-    token, count = _pick(runner.logits(feats[-1:]), sampling, gen), 1
+    gen = sampling_generator(seed, runner.device)
+    feats = runner.prefill(as_ids(prompt_ids, runner.device))
+    token, count = pick_token(runner.logits(feats[-1:]), sampling, gen), 1
     while not (token in stops or count >= max_new_tokens):
         yield Chunk([token], None)
-        token, count = _pick(runner.logits(runner.step(token)), sampling, gen), count + 1
-    yield Chunk([token], None, _reason([token], stops))
+        token, count = pick_token(runner.logits(runner.step(token)), sampling, gen), count + 1
+    yield Chunk([token], None, finish_reason([token], stops))
 
 
 def collect(chunks: Iterator[Chunk]) -> GenerationResult:
@@ -249,7 +249,8 @@ def collect(chunks: Iterator[Chunk]) -> GenerationResult:
                             chunk.finish_reason or "length")
 
 
-def _reason(tokens: list[int], stops: set[int]) -> str:
+def finish_reason(tokens: list[int], stops: set[int]) -> str:
+    """"stop" when the last committed token is a stop token, else "length"."""
     return "stop" if tokens and tokens[-1] in stops else "length"
 
 
@@ -284,7 +285,8 @@ class LazyRows:
         return self.rows[row]
 
 
-def _verify(tree: DraftTree, runner, feats, sampling: SamplingParams, gen) -> VerifyResult:
+def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, gen) -> VerifyResult:
+    """Greedy or stochastic verification of `tree` from the target's features [n+1, d]."""
     vocab = runner.lm_head.weight.shape[0]
     if sampling.greedy:
         return verify_greedy(tree, LazyRows(feats, vocab, runner.logits))
@@ -293,13 +295,15 @@ def _verify(tree: DraftTree, runner, feats, sampling: SamplingParams, gen) -> Ve
     return verify_stochastic(tree, probs, gen)
 
 
-def _pick(logits, sampling: SamplingParams, gen) -> int:  # logits [1, V]
+def pick_token(logits, sampling: SamplingParams, gen) -> int:  # logits [1, V]
+    """The target's next token: argmax at T = 0, else a sample of the processed distribution."""
     if sampling.greedy:
         return int(logits[0].argmax())
     return sample_token(logits_to_probs(logits[0], sampling).cpu(), gen)
 
 
-def _step_stats(tree, result, proposal: Proposal, committed: int, times) -> StepStats:
+def step_stats(tree, result, proposal: Proposal, committed: int, times) -> StepStats:
+    """One step's record: sizes, acceptance, time split, and the judged nodes' diagnostics."""
     accepted = result.accepted_nodes
     examined = _examined(tree, accepted)
     rejected = [n for n in examined if n not in set(accepted)]
@@ -326,13 +330,15 @@ def _examined(tree: DraftTree, accepted: list[int]) -> list[int]:
     return [c for parent in [-1, *accepted] for c in children[parent + 1]]
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
+def sampling_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The seeded CPU generator every sampling call of one request draws from."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
     return gen
 
 
-def _as_ids(prompt_ids, device) -> torch.Tensor:
+def as_ids(prompt_ids, device) -> torch.Tensor:
+    """Prompt token ids as a flat long tensor on `device`; an empty prompt is a ValueError."""
     ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
     if ids.numel() == 0:
         raise ValueError("prompt_ids must hold at least one token")

@@ -29,14 +29,14 @@ from taps_ray.decoding.engine import (
     Chunk,
     GenerationResult,
     StepStats,
-    _as_ids,
-    _generator,
-    _pick,
-    _reason,
-    _step_stats,
-    _verify,
+    as_ids,
     collect,
     default_stop_ids,
+    finish_reason,
+    pick_token,
+    sampling_generator,
+    step_stats,
+    verify_tree,
 )
 from taps_ray.decoding.proposer import DrafterSession
 from taps_ray.decoding.sampling import SamplingParams
@@ -68,10 +68,11 @@ class TargetActor:
     def prefill(self, prompt_ids: list[int], sampling: SamplingParams, seed: int,
                 stops: set[int]) -> tuple[int, Pairs]:
         """-> (first token, the prompt's pairs for the drafters)."""
-        self.sampling, self.gen, self.stops = sampling, _generator(seed, self.runner.device), stops
-        prompt = _as_ids(prompt_ids, self.runner.device)
+        self.sampling, self.stops = sampling, stops
+        self.gen = sampling_generator(seed, self.runner.device)
+        prompt = as_ids(prompt_ids, self.runner.device)
         feats = self.runner.prefill(prompt)  # [L, d]
-        root = _pick(self.runner.logits(feats[-1:]), sampling, self.gen)
+        root = pick_token(self.runner.logits(feats[-1:]), sampling, self.gen)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         return root, (feats.cpu(), nxt.cpu())
 
@@ -84,7 +85,7 @@ class TargetActor:
         verify_ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])
         feats = self.runner.verify(verify_ids, tree_position_offsets(tree),
                                    tree_attention_mask(tree))  # [n+1, d]
-        result = _verify(tree, self.runner, feats, self.sampling, self.gen)
+        result = verify_tree(tree, self.runner, feats, self.sampling, self.gen)
         committed, finished = clip_at_stop(
             result.accepted_tokens(tree) + [result.bonus_token], self.stops, budget
         )
@@ -210,18 +211,18 @@ class ActorEngine:
         if max_new_tokens <= 0:
             raise ValueError("max_new_tokens must be > 0")
         stops = self.stop_ids() if stop_token_ids is None else set(stop_token_ids)
-        ids = _as_ids(prompt_ids, torch.device("cpu")).tolist()
+        ids = as_ids(prompt_ids, torch.device("cpu")).tolist()
         root_ref, pairs = self.target.prefill.remote(ids, sampling, seed, stops)
         for actor in self.drafters:
             actor.start.remote(pairs)  # the drafters fetch the prompt's pairs themselves
         tokens, finished = clip_at_stop([ray.get(root_ref)], stops, max_new_tokens)
-        yield Chunk(list(tokens), None, _reason(tokens, stops) if finished else None)  # a copy:
-        # `tokens` grows below, and a consumer may keep the chunk
+        # a copy: `tokens` grows below, and a consumer may keep the chunk
+        yield Chunk(list(tokens), None, finish_reason(tokens, stops) if finished else None)
         self.strategy.start()
         while not finished:
             stat, committed, finished = self._step(tokens[-1], max_new_tokens - len(tokens))
             tokens += committed
-            yield Chunk(committed, stat, _reason(tokens, stops) if finished else None)
+            yield Chunk(committed, stat, finish_reason(tokens, stops) if finished else None)
 
     def _step(self, root: int, budget: int) -> tuple[StepStats, list[int], bool]:
         t0 = time.perf_counter()
@@ -235,7 +236,7 @@ class ActorEngine:
             for actor in self.drafters:
                 actor.extend.remote(pairs)  # ordered before this caller's next draft call
         t3 = time.perf_counter()
-        stat = _step_stats(proposal.tree, result, proposal, len(committed),
+        stat = step_stats(proposal.tree, result, proposal, len(committed),
                            (t1 - t0, t2 - t1, t3 - t2))
         return stat, committed, finished
 
