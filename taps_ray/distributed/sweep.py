@@ -69,7 +69,11 @@ class SweepConfig:
     base: ExperimentConfig = field(default_factory=ExperimentConfig)  # every trial starts here
     space: SearchSpace = field(default_factory=SearchSpace)  # what varies between trials
     num_samples: int = 1  # repeats of the grid (distributions are re-sampled each time)
-    metric: str = "mean_tau"  # mean_tau or tau_<benchmark>; maximised
+    metric: str = "mean_tau"  # mean_tau, tau_<benchmark> or predicted_speedup; maximised
+    # cost profile (`taps-ray calibrate`) of the machine that will serve: trials then also
+    # report predicted_speedup (replay tau priced by it, mean over benchmarks, plain = 1)
+    speed_profile: str = ""
+    speed_cost_as: str = ""  # the profile's drafter whose draft cost prices each trial's head
     scheduler: Literal["none", "asha"] = "none"  # asha stops weak trials at epoch ends
     grace_period: int = 1  # asha: epochs every trial runs before it may be stopped
     search: Literal["grid", "optuna"] = "grid"  # optuna: lists become choices (pip install optuna)
@@ -80,6 +84,11 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         valid = ["mean_tau", *(f"tau_{b}" for b in self.base.evaluation.benchmarks)]
+        if bool(self.speed_profile) != bool(self.speed_cost_as):
+            raise ValueError("speed_profile and speed_cost_as go together: name the cost profile "
+                             "and the drafter in it that prices the trials' heads")
+        if self.speed_profile:
+            valid.append("predicted_speedup")
         if self.metric not in valid:
             raise ValueError(f"metric '{self.metric}' is not reported; use one of "
                              f"{', '.join(valid)}")
@@ -261,8 +270,17 @@ def run_sweep(
         raise TapsError(f"a sweep already exists at '{path}'; pass --resume to continue it "
                         "or set name=... for a new one")
     connect(address)
+    params: dict[str, Any] = {"base": _portable_base(cfg.base)}
+    if cfg.speed_profile:  # checked here, before any trial starts
+        from taps_ray.speed.profile import load_profile
+
+        if cfg.speed_cost_as not in load_profile(cfg.speed_profile).draft_round_s:
+            raise TapsError(f"speed_cost_as '{cfg.speed_cost_as}' is not a drafter of "
+                            f"{cfg.speed_profile}; calibrate a head of the trials' shape with "
+                            "`taps-ray calibrate --drafters` and name it")
+        params["speed"] = [str(Path(cfg.speed_profile).resolve()), cfg.speed_cost_as]
     fn = tune.with_resources(
-        tune.with_parameters(trainable or trial.sweep_trial, base=_portable_base(cfg.base)),
+        tune.with_parameters(trainable or trial.sweep_trial, **params),
         dict(cfg.resources_per_trial),
     )
     if resume:

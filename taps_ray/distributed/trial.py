@@ -15,21 +15,47 @@ from pathlib import Path
 from taps_ray.distributed.sweep import SweepConfig, data_specs, trial_config
 
 
-def sweep_trial(config: dict, base: dict) -> None:
-    """Tune trainable: train one drafter; report replay tau and a checkpoint every epoch."""
-    from taps_ray.evaluation.runner import replay_prompts, replay_taus
+def sweep_trial(config: dict, base: dict, speed: list[str] | None = None) -> None:
+    """Tune trainable: train one drafter; report replay tau and a checkpoint every epoch.
+
+    `speed`: [cost profile path, the profile's drafter pricing this head] adds the metric
+    predicted_speedup (replay tau priced by the serving machine's profile)."""
+    from taps_ray.evaluation.runner import replay_prompts, replay_rows
     from taps_ray.models.target import load_target
     from taps_ray.training.pipeline import train_from_config
 
     cfg = trial_config(base, config)
+    pricing = speed_pricing(speed)
     cfg.output_dir = str(trial_output_dir())
     resume = restore_checkpoint(Path(cfg.output_dir))
     target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
     prompts = replay_prompts(target, cfg.evaluation, progress=False)  # cached by prepare_data
-    hook = epoch_reporter(lambda drafter: replay_taus(target, drafter, cfg.tree, prompts),
-                          Path(cfg.output_dir))
+    hook = epoch_reporter(lambda drafter: epoch_metrics(
+        replay_rows(target, drafter, cfg.tree, prompts), pricing), Path(cfg.output_dir))
     train_from_config(cfg, target=target, resume=resume, online=False, on_epoch_end=hook,
                       progress=False)
+
+
+def speed_pricing(speed: list[str] | None):
+    """(profile, drafter it prices trials as) when the sweep has a speed profile, else None."""
+    if not speed:
+        return None
+    from taps_ray.speed.profile import load_profile
+
+    path, cost_as = speed
+    return load_profile(path), cost_as
+
+
+def epoch_metrics(rows, speed) -> dict[str, float]:
+    """Replay taus per benchmark and "mean", plus "predicted_speedup" when priced."""
+    from taps_ray.evaluation.runner import taus_of
+
+    metrics = taus_of(rows)
+    if speed is not None:
+        from taps_ray.evaluation.speed_select import predicted_speedup
+
+        metrics["predicted_speedup"] = round(predicted_speedup(rows, *speed), 4)
+    return metrics
 
 
 def trial_output_dir() -> Path:
@@ -66,7 +92,8 @@ def epoch_reporter(evaluate, out: Path):
 
     def hook(epoch: int, drafter) -> dict:
         taus = evaluate(drafter)
-        metrics = {"epoch": epoch + 1, "mean_tau": taus.pop("mean"),
+        speed = {k: taus.pop(k) for k in ("predicted_speedup",) if k in taus}
+        metrics = {"epoch": epoch + 1, "mean_tau": taus.pop("mean"), **speed,
                    **{f"tau_{b}": v for b, v in taus.items()}, "drafter": drafter.meta.name}
         checkpoint = tune.Checkpoint.from_directory(str(out / "checkpoints" / "last"))
         tune.report(metrics, checkpoint=checkpoint)

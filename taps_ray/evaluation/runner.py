@@ -108,17 +108,27 @@ def _progress(items, enabled: bool):
     return tqdm(items, desc="replay", unit="prompt", leave=False)
 
 
-def replay_taus(target, drafter, tree: TreeConfig, prompts: list[ReplayPrompt]
-                ) -> dict[str, float]:
-    """Pooled replay tau per benchmark and their mean ("mean") of one drafter at T = 0: the
-    per-epoch check of training runs and sweep trials."""
+def replay_rows(target, drafter, tree: TreeConfig, prompts: list[ReplayPrompt]):
+    """Replay rows (a DataFrame) of one drafter alone at T = 0, labelled "drafter"."""
     from dataclasses import asdict
 
     import pandas as pd
 
-    from taps_ray.evaluation.report import tau_table
-
     cand = Candidate("drafter", "single", ["drafter"])
     rows = replay_candidates(target, {"drafter": drafter}, [cand], tree, prompts, progress=False)
-    table = tau_table(pd.DataFrame([asdict(r) for r in rows]))
+    return pd.DataFrame([asdict(r) for r in rows])
+
+
+def taus_of(rows) -> dict[str, float]:
+    """Pooled tau per benchmark and their mean ("mean") of one configuration's rows."""
+    from taps_ray.evaluation.report import tau_table
+
+    table = tau_table(rows)
     return {str(k): round(float(v), 4) for k, v in table.iloc[0].items()}
+
+
+def replay_taus(target, drafter, tree: TreeConfig, prompts: list[ReplayPrompt]
+                ) -> dict[str, float]:
+    """Pooled replay tau per benchmark and their mean ("mean") of one drafter at T = 0: the
+    per-epoch check of training runs and sweep trials."""
+    return taus_of(replay_rows(target, drafter, tree, prompts))

@@ -90,6 +90,17 @@ def rank_predicted(rows, profile) -> list[Choice]:
     return sorted(choices, key=lambda c: -c.predicted_speedup)
 
 
+def predicted_speedup(rows, profile, cost_as: str) -> float:
+    """Mean predicted speedup over plain of one drafter's replay rows, its draft cost taken from
+    the profile's head `cost_as` (a calibrated head of the same shape): a sweep's speed metric."""
+    if cost_as not in profile.draft_round_s:
+        have = ", ".join(sorted(profile.draft_round_s)) or "none"
+        raise TapsError(f"speed_cost_as '{cost_as}' is not a drafter of the cost profile (it "
+                        f"has: {have}); name one of them, calibrated with the trials' shape")
+    priced = rows.assign(drafters=[[cost_as]] * len(rows), strategy=cost_as)
+    return rank_predicted(priced, profile)[0].predicted_speedup
+
+
 def _pooled_predicted(group) -> float:
     """Committed tokens over predicted time of the benchmark's rows."""
     seconds = (group["new_tokens"] / group["predicted_tokens_per_s"]).sum()

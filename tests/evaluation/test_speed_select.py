@@ -83,3 +83,30 @@ def test_labels_with_a_tree_read_as_their_configuration():
     assert base_label(A.key) == "math-hass" and base_label(B.key) == "merged/sum"
     assert strategy_name(A.key, ["math-hass"]) == "single"
     assert strategy_name(B.key, ["math-hass", "prompt-lookup"]) == "merged/sum"
+
+
+def test_a_sweep_trial_is_priced_as_a_calibrated_head():
+    from taps_ray.distributed.trial import epoch_metrics
+    from taps_ray.evaluation.speed_select import predicted_speedup
+
+    rows = pd.DataFrame([replay("drafter", b, "p1", 3.0, steps=10, new_tokens=30,
+                               verify_tokens_per_step=9.0, drafters=["drafter"]).__dict__
+                         for b in ("gsm8k", "svamp")])
+    # priced as math-hass (see test_rank_predicted_by_hand): 3 / 0.101 s / 20 per s
+    assert predicted_speedup(rows, profile(), "math-hass") == pytest.approx(1.485, rel=1e-3)
+    metrics = epoch_metrics(rows, (profile(), "math-hass"))
+    assert metrics["mean"] == pytest.approx(3.0) and metrics["predicted_speedup"] == 1.4851
+    assert "predicted_speedup" not in epoch_metrics(rows, None)
+    with pytest.raises(TapsError, match="speed_cost_as 'nope'"):
+        predicted_speedup(rows, profile(), "nope")
+
+
+def test_a_sweep_ranks_by_predicted_speedup_only_with_a_profile():
+    from taps_ray.distributed.sweep import SweepConfig
+
+    with pytest.raises(ValueError, match="metric 'predicted_speedup' is not reported"):
+        SweepConfig(metric="predicted_speedup")
+    with pytest.raises(ValueError, match="go together"):
+        SweepConfig(speed_profile="p.json")
+    cfg = SweepConfig(metric="predicted_speedup", speed_profile="p.json", speed_cost_as="x")
+    assert cfg.metric == "predicted_speedup"
