@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 from taps_ray.evaluation.plots import Plot
@@ -28,13 +29,13 @@ def verify_curve_plot(profile: CostProfile, name: str = "verify-cost.png") -> Pl
     key = profile.key
     title = (f"Verify cost on {key.device} ({key.target}, {key.dtype}, {key.threads} threads, "
              f"T1 = {profile.t1_s * 1e3:.1f} ms)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)  # device names run long
     return _as_plot(fig, name, title)
 
 
 def _as_plot(fig, name: str, title: str) -> Plot:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     alt = ("Line plot of the time of one tree-verify step divided by one plain decoding step, "
            "against the number of tokens verified, per KV length.")
     return Plot(name, title, alt, buffer.getvalue())
