@@ -303,6 +303,33 @@ def test_export_then_import_gives_identical_weights_and_trees(tmp_path, fmt, voc
         assert torch.equal(getattr(a, field), getattr(b, field)), field
 
 
+def test_default_target_round_trip_in_both_formats(tmp_path):
+    """The embedded default target with a reduced-vocabulary eagle head: export -> import gives
+    the same weights and the same trees on a real prompt's features."""
+    from taps_ray.decoding.target_runner import TargetRunner
+    from taps_ray.models.drafter import tokenizer_fingerprint
+    from taps_ray.models.target import load_target
+
+    target = load_target()
+    drafter = eagle_drafter(target, vocab=4096)
+    ids = target.tokenizer("What is 12 times 7? Answer:", return_tensors="pt").input_ids[0]
+    with torch.no_grad():
+        features = TargetRunner(target.model).prefill(ids)  # [L, d]
+    features, tokens = features[:-1], ids[1:]  # f_t beside x_{t+1}
+    want = draft(drafter, target, features, tokens)
+    for fmt in ("vllm", "sglang"):
+        out = export_folder(drafter, fmt, tmp_path / fmt, tree=TREE, served_target=target.name)
+        back = import_published(out, target.model.config, target=target.name,
+                                fingerprint=tokenizer_fingerprint(target.tokenizer))
+        mine, theirs = published_state(drafter), published_state(back)
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), fmt
+        assert torch.equal(back.draft_vocab, drafter.draft_vocab)
+        got = draft(back, target, features, tokens)
+        for field in ("tokens", "parents", "scores"):
+            assert torch.equal(getattr(want, field), getattr(got, field)), (fmt, field)
+
+
 def test_export_refuses_the_taps_layout_other_families_and_existing_folders(tmp_path):
     target = tiny_target("llama")
     with pytest.raises(TapsError, match="'taps' layout"):
