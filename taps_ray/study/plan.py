@@ -1,11 +1,11 @@
 """`taps-ray plan CONFIG`: validate a config and print what it would run, without running it.
 
 CONFIG may be a study (experiments/paper/study_*.yaml: data variants x methods, then the
-combination bench), a training run, a bench matrix or a sweep. The plan lists the trainings and
-evaluations, and estimates GPU-hours and storage from the target's size (read from a local
-folder's config.json, or from the table below for published targets; no download) and the
-token counts of the local training data. The estimates assume one H100 at the rates in
-`GpuRates`; they are for budgeting, not promises.
+combination bench, and any `published_drafters` as single rows once imported), a training run,
+a bench matrix or a sweep. The plan lists the trainings and evaluations, and estimates GPU-hours
+and storage from the target's size (read from a local folder's config.json, or from the table
+below for published targets; no download) and the token counts of the local training data. The
+estimates assume one H100 at the rates in `GpuRates`; they are for budgeting, not promises.
 """
 
 from __future__ import annotations
@@ -60,6 +60,23 @@ class GpuRates:
     step_overhead: float = 1.3  # tree verification + drafting vs a plain one-token step
 
 
+METHODS = ("eagle2", "hass")
+
+
+@dataclass
+class PublishedDrafter:
+    """A head someone published (EAGLE / HASS / the study's), evaluated as a row once imported."""
+
+    path: str  # the downloaded checkpoint folder `taps-ray drafter import` reads
+    method: str = "hass"  # how it was trained: eagle2 or hass
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path is empty; give the checkpoint folder to import")
+        if self.method not in METHODS:
+            raise ValueError(f"method '{self.method}' is unknown; use eagle2 or hass")
+
+
 @dataclass
 class StudySpec:
     """A study: every data variant x method is trained, then the pairs are combined."""
@@ -79,6 +96,9 @@ class StudySpec:
     live_prompts_per_benchmark: int = 0  # live decoding subset at the T > 0 temperatures
     max_new_tokens: int = 512
     output_dir: str = "runs/paper/study"
+    # name (<data>-<method>) -> published checkpoint, imported into <output_dir>/published/<name>
+    # and benched as a single row beside the trained drafters
+    published_drafters: dict[str, PublishedDrafter] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -87,9 +107,31 @@ class StudySpec:
         if missing:
             raise ValueError(f"specialists names '{missing[0]}', which is not in variants "
                              f"({', '.join(self.variants)})")
-        bad = [m for m in self.methods if m not in ("eagle2", "hass")]
+        bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"methods has '{bad[0]}'; use eagle2 and/or hass")
+        for name, pub in self.published_drafters.items():
+            self._check_published_name(name, pub.method)
+
+    def _check_published_name(self, name: str, method: str) -> None:
+        data, sep, suffix = name.rpartition("-")
+        if not sep or not data or "-" in data or suffix != method:
+            raise ValueError(f"published_drafters name '{name}' must be <data>-<method> with one "
+                             f"hyphen and its method last (e.g. mathpub-{method})")
+        if data in self.variants and method in self.methods:
+            raise ValueError(f"published_drafters name '{name}' is also a trained drafter's "
+                             "name; give the published one its own data part (e.g. "
+                             f"{data}pub-{method})")
+
+    def published_folder(self, name: str) -> str:
+        """Where `taps-ray drafter import` writes the published drafter `name`."""
+        return f"{self.output_dir}/published/{name}"
+
+    def import_commands(self) -> list[str]:
+        """The imports a study's published rows need before `taps-ray bench`."""
+        return [f"taps-ray drafter import {pub.path} --target {self.target.name} --out "
+                f"{self.published_folder(name)} --name {name} --method {pub.method}"
+                for name, pub in self.published_drafters.items()]
 
     def trainings(self) -> list[ExperimentConfig]:
         runs = []
@@ -116,9 +158,14 @@ class StudySpec:
         if others:
             out.append(self._bench({v: [folder[f"{v}-{m}"] for m in self.methods]
                                     for v in others}, ["single"]))
+        if self.published_drafters:
+            # plain decoding is already measured by the benches above
+            out.append(self._bench({n: [self.published_folder(n)]
+                                    for n in self.published_drafters}, ["single"], False))
         return out
 
-    def _bench(self, sets: dict[str, list[str]], strategies: list[str]) -> BenchConfig:
+    def _bench(self, sets: dict[str, list[str]], strategies: list[str], baseline: bool = True
+               ) -> BenchConfig:
         return from_dict(BenchConfig, {
             "target": to_dict(self.target), "tree": to_dict(self.tree), "drafter_sets": sets,
             "strategies": strategies, "benchmarks": self.benchmarks,
@@ -126,7 +173,7 @@ class StudySpec:
             "replay_prompts_per_benchmark": self.prompts_per_benchmark,
             "live_prompts_per_benchmark": self.live_prompts_per_benchmark,
             "live_temperatures": [t for t in self.temperatures if t > 0],
-            "results_dir": f"{self.output_dir}/results",
+            "results_dir": f"{self.output_dir}/results", "baseline": baseline,
         })
 
 
@@ -178,6 +225,8 @@ def make_plan(path: str, overrides: list[str] | None = None, rates: GpuRates = G
         trainings, benches, target = [cfg], [], cfg.target.name
     shape = model_shape(target)
     plan = Plan(kind, target, shape)
+    if kind == "study":
+        plan.notes += [f"import first: {c}" for c in cfg.import_commands()]
     if shape is None:
         plan.notes.append(f"target '{target}' is neither a local folder nor a known published "
                           "model: GPU-hours and storage are not estimated")

@@ -68,12 +68,54 @@ def test_plan_json_and_overrides(capsys):
     assert plan["totals"]["gpu_h"] > 0
 
 
+STUDY_WITH_PUBLISHED = """\
+variants: {math: {mixture: "math=1.0", total: 50}}
+methods: [hass]
+specialists: [math]
+live_prompts_per_benchmark: 2
+published_drafters:
+  mathpub-hass: {path: checkpoints/not-downloaded-yet, method: hass}
+  sharegpteagle-eagle2: {path: checkpoints/eagle-llama3, method: eagle2}
+"""
+
+
+def test_published_drafters_are_rows_with_their_import_commands(tmp_path, capsys):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(STUDY_WITH_PUBLISHED)
+    plan = make_plan(str(cfg))  # checkpoints need not exist: plan runs nothing
+    assert [t["name"] for t in plan.trainings] == ["math-hass"]  # published ones train nothing
+    replay = [e["what"] for e in plan.evaluations if e["what"].startswith("replay")]
+    assert replay[1:] == [f"replay, set {n}: 1 rows x 4 benchmarks x T=0"
+                          for n in ("mathpub-hass", "sharegpteagle-eagle2")]
+    live = [e["what"] for e in plan.evaluations if "set mathpub-hass" in e["what"]]
+    assert live[-1].startswith("live, set mathpub-hass: 1 rows")  # no second plain row
+    assert main(["plan", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert ("taps-ray drafter import checkpoints/eagle-llama3 --target smollm2-135m-instruct "
+            "--out runs/paper/study/published/sharegpteagle-eagle2 --name sharegpteagle-eagle2 "
+            "--method eagle2") in out
+
+
+def test_paper_llama3_study_lists_the_published_hass_heads():
+    plan = make_plan(str(ROOT / "experiments" / "paper" / "study_llama3_8b.yaml"))
+    rows = " ".join(e["what"] for e in plan.evaluations)
+    assert all(f"set {n}:" in rows for n in ("mathpub-hass", "sharegptpub-hass", "avgpub-hass"))
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     ("variants: {}\n", "variants is empty"),
     ("variants: {math: {total: 5}}\nspecialists: [chat]\n", "specialists names 'chat'"),
     ("variants: {math: {total: 5}}\nmethods: [medusa]\n", "methods has 'medusa'"),
     ("variants: {math: {totl: 5}}\n", "unknown config key 'variants.math.totl'"),
     ("drafter_sets: {a: [x]}\nbenchmarks: [hellaswag]\n", "unknown benchmark 'hellaswag'"),
+    ("variants: {math: {total: 5}}\npublished_drafters: {math-pub-hass: {path: p}}\n",
+     "name 'math-pub-hass' must be <data>-<method>"),
+    ("variants: {math: {total: 5}}\npublished_drafters: {mathpub-eagle2: {path: p}}\n",
+     "name 'mathpub-eagle2' must be <data>-<method>"),
+    ("variants: {math: {total: 5}}\npublished_drafters: {math-hass: {path: p}}\n",
+     "is also a trained drafter's name"),
+    ("variants: {math: {total: 5}}\npublished_drafters: {mathpub-hass: {path: p, "
+     "method: medusa}}\n", "method 'medusa' is unknown"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.yaml"
