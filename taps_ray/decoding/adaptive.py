@@ -97,7 +97,9 @@ class OnlineVerifyCost:
 class GuardSettings:
     window: int = 8  # speculative steps per measurement
     plain_probe: int = 4  # plain steps that measure plain speed when it is not known yet
-    margin: float = 0.02  # speculation must beat plain by this share to stay on
+    # speculation goes off when it measures this share slower than plain: a tie keeps it on,
+    # since a near-free drafter with no draft costs what a plain step costs
+    margin: float = 0.02
     backoff: int = 16  # plain steps after a failed probe; doubles per failure, up to max
     max_backoff: int = 256
 
@@ -148,7 +150,7 @@ class SpeedGuard:
             self._enter("spec", s.window)  # back-off over: probe speculation again
         elif self.plain_rate is None:
             self._enter("measure", s.plain_probe)
-        elif self.spec_rate is not None and self.spec_rate >= self.plain_rate * (1 + s.margin):
+        elif self.spec_rate is not None and self.spec_rate >= self.plain_rate * (1 - s.margin):
             self.backoff = s.backoff
             self._enter("spec", s.window)
         else:

@@ -86,10 +86,11 @@ def test_guard_falls_back_to_plain_and_backs_off_exponentially():
     assert guard.switches >= 4
 
 
-def test_guard_needs_the_margin_to_stay_on():
+@pytest.mark.parametrize(("spec_rate", "stays_on"), [(18.5, True), (20.0, True), (17.5, False)])
+def test_guard_tolerates_the_margin_and_falls_back_beyond_it(spec_rate, stays_on):
     guard = SpeedGuard(GuardSettings(window=2, margin=0.1), plain_rate=20.0)
-    modes = drive(guard, spec_rate=21.0, plain_rate=20.0, steps=6)  # 5 % faster: not enough
-    assert modes[3] is False
+    modes = drive(guard, spec_rate=spec_rate, plain_rate=20.0, steps=6)  # 7.5 % / 0 / 12.5 %
+    assert modes[3] is stays_on
 
 
 def _runs(modes: list[bool]) -> list[tuple[bool, int]]:
