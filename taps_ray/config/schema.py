@@ -38,9 +38,9 @@ class DrafterConfig:
     method: Literal["eagle2", "hass"] = "eagle2"  # training recipe the head is trained with
     draft_vocab_size: int = 0  # 0: full target vocab; N: top-N frequent tokens (cheaper head)
     name: str = ""  # <data>-<method>, e.g. math-eagle2; derived from data + method when empty
-    # taps: layer with input + final norm (drafters before issue 17); eagle: the published
-    # EAGLE-1/2 layout (no input/final norm) that EAGLE/HASS checkpoints, vLLM and SGLang use
-    layout: Literal["taps", "eagle"] = "taps"
+    # eagle: the published EAGLE-1/2 layout (no input/final norm) that EAGLE/HASS checkpoints,
+    # vLLM and SGLang use; taps: layer with input + final norm (drafters before issue 17)
+    layout: Literal["taps", "eagle"] = "eagle"
 
     def __post_init__(self) -> None:
         if self.draft_vocab_size < 0:

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from taps_ray.cli import main
-from taps_ray.config.schema import TreeConfig
+from taps_ray.config.schema import DrafterConfig, TreeConfig
 from taps_ray.decoding.proposer import DrafterSession
 from taps_ray.errors import TapsError
 from taps_ray.models.drafter import DrafterMeta, load_drafter, save_drafter, untrained_drafter
@@ -328,6 +328,10 @@ def test_default_target_round_trip_in_both_formats(tmp_path):
         got = draft(back, target, features, tokens)
         for field in ("tokens", "parents", "scores"):
             assert torch.equal(getattr(want, field), getattr(got, field)), (fmt, field)
+
+
+def test_new_drafters_are_trained_in_the_published_layout():
+    assert DrafterConfig().layout == "eagle"  # exportable to vLLM / SGLang as trained
 
 
 def test_export_refuses_the_taps_layout_other_families_and_existing_folders(tmp_path):
