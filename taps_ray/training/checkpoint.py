@@ -88,9 +88,9 @@ def load_checkpoint(
     run_key: dict,
 ) -> TrainState:
     """Restore weights, optimizer, scheduler and position; damaged or foreign -> TapsError."""
-    _load_weights(path, drafter)
     payload = _load_payload(path)
-    _check_run_key(path, payload.get("run_key", {}), run_key)
+    _check_run_key(path, payload.get("run_key", {}), run_key)  # settings first: clearer error
+    _load_weights(path, drafter)
     try:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -120,11 +120,16 @@ def _load_payload(path: Path) -> dict:
     return payload
 
 
+# run-key entries newer than some checkpoints: what an older checkpoint was written with
+_RUN_KEY_DEFAULTS = {"layout": "taps"}
+
+
 def _check_run_key(path: Path, saved: dict, current: dict) -> None:
     for key, value in current.items():
-        if saved.get(key) != value:
+        if saved.get(key, _RUN_KEY_DEFAULTS.get(key)) != value:
             raise TapsError(
-                f"checkpoint '{path}' was written with {key}={saved.get(key)!r} but this run has "
+                f"checkpoint '{path}' was written with "
+                f"{key}={saved.get(key, _RUN_KEY_DEFAULTS.get(key))!r} but this run has "
                 f"{value!r}; resume with the same settings or train without resume"
             )
 

@@ -124,6 +124,7 @@ class DrafterTrainer:
             "method": self.method,
             "training": asdict(self.cfg),
             "draft_vocab_size": self.drafter.draft_vocab_size,
+            "layout": self.drafter.layout,
             "conversations": len(self.indices),
             "total_steps": self.total_steps,
         }

@@ -69,6 +69,19 @@ def test_truncated_checkpoint_on_resume_is_a_user_error(target, examples, tmp_pa
         train_drafter(target, cache, cfg, tmp_path / "b", resume=True, progress=False)
 
 
+def test_resume_in_another_layout_is_a_user_error_not_a_damaged_file(target, examples,
+                                                                     tmp_path):
+    from taps_ray.models.drafter import DrafterMeta
+
+    cache = build_cache(target, examples, tmp_path / "feats")
+    cfg = fast_config(max_steps=6)
+    train_drafter(target, cache, cfg, tmp_path / "b", stop_after=2, progress=False,
+                  meta=DrafterMeta(layout="taps"))
+    with pytest.raises(TapsError, match="layout='taps' but this run has 'eagle'"):
+        train_drafter(target, cache, cfg, tmp_path / "b", resume=True, progress=False,
+                      meta=DrafterMeta(layout="eagle"))
+
+
 def test_resume_with_other_settings_is_a_user_error(target, examples, tmp_path):
     cache = build_cache(target, examples, tmp_path / "feats")
     train_drafter(target, cache, fast_config(max_steps=6), tmp_path / "b", stop_after=2,
