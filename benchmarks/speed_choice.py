@@ -32,7 +32,7 @@ from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.evaluation.speed_select import Choice, chain, engine_strategy
 from taps_ray.models.target import load_target
 from taps_ray.speed.predict import predicted_tokens_per_s
-from taps_ray.speed.profile import current_key, default_profile_path, load_profile
+from taps_ray.speed.profile import default_profile_path, load_profile, machine_key
 
 BENCHMARKS = ("mt_bench", "gsm8k", "math500", "svamp")
 GREEDY = SamplingParams()
@@ -83,7 +83,7 @@ def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
     target = load_target(args.target)
-    key = current_key(args.target, target.dtype, target.device, kernels=target.kernels)
+    key = machine_key(target)
     profile = load_profile(args.profile or default_profile_path(key), expect=key)
     configs = build_configs(args, target, profile)
     prompts = {b: [render_prompt(target.tokenizer, turn_messages(r, 0, []))

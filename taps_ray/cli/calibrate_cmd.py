@@ -40,13 +40,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from taps_ray.models.target import load_target
     from taps_ray.speed.calibrate import calibrate
-    from taps_ray.speed.profile import current_key, default_profile_path, save_profile
+    from taps_ray.speed.profile import default_profile_path, machine_key, save_profile
 
     settings = _settings(args)
     device = parse_device(args.device)
     _set_threads(args.threads)
     target = load_target(args.target, device=device, dtype=args.dtype, kernels=args.kernels)
-    key = current_key(args.target, target.dtype, target.device, kernels=target.kernels)
+    key = machine_key(target)
     out = Path(args.out) if args.out else default_profile_path(key)
     _check_out(out, key)
     drafters = load_drafters(args.drafters or ["untrained"], target)

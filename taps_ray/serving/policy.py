@@ -16,13 +16,6 @@ from taps_ray.errors import TapsError
 CALIBRATE_HINT = "`taps-ray calibrate` would give it a head start"
 
 
-def target_key(target):
-    """This machine's profile key for a loaded target (threads: torch's current setting)."""
-    from taps_ray.speed.profile import current_key
-
-    return current_key(target.name, target.dtype, target.device, kernels=target.kernels)
-
-
 def machine_profile(target, path: str | Path = "", log: Callable[[str], None] = print):
     """The CostProfile for `target` here, or None (measure online).
 
@@ -30,9 +23,9 @@ def machine_profile(target, path: str | Path = "", log: Callable[[str], None] = 
     Else this machine's default file when it exists; its absence (or a broken one) is logged
     in one line and decoding goes on without it.
     """
-    from taps_ray.speed.profile import default_profile_path, load_profile
+    from taps_ray.speed.profile import default_profile_path, load_profile, machine_key
 
-    key = target_key(target)
+    key = machine_key(target)
     if path:
         return load_profile(path, expect=key)
     default = default_profile_path(key)

@@ -31,7 +31,7 @@ from taps_ray.decoding.tree import (
     tree_position_offsets,
 )
 from taps_ray.errors import TapsError
-from taps_ray.speed.profile import CostProfile, HardwareKey, current_key
+from taps_ray.speed.profile import CostProfile, HardwareKey, machine_key
 
 Progress = Callable[[str], None]
 _EMPTY = torch.empty(0, dtype=torch.long)  # commit nothing: the cache returns to its prefix
@@ -119,7 +119,7 @@ def calibrate(
     eagle = [d for d in everyone.values() if not isinstance(d, PromptLookupDrafter)]
     overheads = ctx.overheads(target, eagle[0] if eagle else None)
     return CostProfile(
-        key=key or current_key(target.name, runner.dtype, runner.device),
+        key=key or machine_key(target),
         t1_s=t1, verify_s=verify, draft_round_s=rounds, overhead_s=overheads,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         git_rev=git_rev(), ref_kv_len=settings.ref_kv_len, draft_call_s=calls,

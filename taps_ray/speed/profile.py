@@ -122,6 +122,12 @@ def current_key(
     )
 
 
+def machine_key(target, threads: int | None = None) -> HardwareKey:
+    """This machine's key for a loaded Target, as it decodes (its dtype, device and kernels)."""
+    return current_key(target.name, target.dtype, target.device, threads,
+                       getattr(target, "kernels", "default"))
+
+
 def device_name(device: object) -> str:
     """'cpu: <model name from /proc/cpuinfo>' or 'cuda: <torch.cuda.get_device_name()>'."""
     import torch

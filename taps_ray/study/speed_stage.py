@@ -45,13 +45,13 @@ def ensure_profile(target, drafters: dict, quick: bool, log: Callable[[str], Non
     from taps_ray.errors import TapsError
     from taps_ray.speed.calibrate import CalibrationSettings, calibrate
     from taps_ray.speed.profile import (
-        current_key,
         default_profile_path,
         load_profile,
+        machine_key,
         save_profile,
     )
 
-    key = current_key(str(target.name), target.dtype, target.device, kernels=target.kernels)
+    key = machine_key(target)
     path = quick_path if quick and quick_path else default_profile_path(key)
     if path.is_file():
         try:

@@ -198,9 +198,8 @@ def test_guard_fallback_reaches_the_live_stats(target, drafters):
 
 
 def test_load_service_reads_this_machines_profile(target, drafters, tmp_path, monkeypatch):
-    from taps_ray.serving.policy import target_key
     from taps_ray.serving.service import load_service
-    from taps_ray.speed.profile import default_profile_path, save_profile
+    from taps_ray.speed.profile import default_profile_path, machine_key, save_profile
     from tests.speed.conftest import hand_profile
 
     monkeypatch.setenv("TAPS_CACHE_DIR", str(tmp_path))
@@ -209,7 +208,7 @@ def test_load_service_reads_this_machines_profile(target, drafters, tmp_path, mo
     logged = []
     assert load_service(config, log=logged.append).profile is None
     assert "taps-ray calibrate` would give it a head start" in logged[0]
-    key = target_key(target)
+    key = machine_key(target)
     save_profile(hand_profile(key), default_profile_path(key))
     assert load_service(config, log=logged.append).profile.key == key
     corrupt = tmp_path / "corrupt.json"
