@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from taps_ray.config.loader import to_dict
-from taps_ray.config.schema import BenchConfig
+from taps_ray.config.schema import BenchConfig, TreeConfig
 from taps_ray.data.mixture import benchmark_subset
 from taps_ray.data.records import turn_messages, user_turns
 from taps_ray.data.render import render_prompt
@@ -195,14 +195,15 @@ def _live(target, engine, cand: Candidate, records, unit: BenchUnit, cfg: BenchC
             else:
                 result = engine.generate(prompt, sampling, cfg.max_new_tokens, seed=seed)
             answers.append(target.tokenizer.decode(result.tokens, skip_special_tokens=True))
-            rows.append(_live_row(run_id, target, cand, unit, record.id, turn, seed, result,
-                                  cfg))
+            rows.append(live_row(run_id, target, cand, unit, record.id, turn, seed, result,
+                                 cfg.tree))
             diags += _diagnostics(run_id, cand.label, unit, result)
     return rows
 
 
-def _live_row(run_id, target, cand: Candidate, unit: BenchUnit, prompt_id: str, turn: int,
-              seed: int, result: GenerationResult, cfg: BenchConfig) -> ResultRow:
+def live_row(run_id, target, cand: Candidate, unit: BenchUnit, prompt_id: str, turn: int,
+             seed: int, result: GenerationResult, tree: TreeConfig) -> ResultRow:
+    """The result row of one live decode of `cand` with `tree`; plain decoding has no steps."""
     steps = result.steps
     n = max(len(steps), 1)
     plain = not steps
@@ -213,10 +214,10 @@ def _live_row(run_id, target, cand: Candidate, unit: BenchUnit, prompt_id: str, 
         seed=seed, new_tokens=result.new_tokens, steps=result.new_tokens if plain else len(steps),
         tau=1.0 if plain else result.tau, wall_s=result.wall_s, tokens_per_s=result.tokens_per_s,
         verify_tokens_per_step=1.0 if plain else sum(s.verify_tokens for s in steps) / n,
-        accepted_by_depth=[] if plain else result.accepted_by_depth(cfg.tree.depth + 1),
+        accepted_by_depth=[] if plain else result.accepted_by_depth(tree.depth + 1),
         route_counts=route_counts_json([s.route for s in steps], list(cand.drafter_names))
         if not plain else "{}",
-        total_tokens=cfg.tree.total_tokens, depth=cfg.tree.depth, top_k=cfg.tree.top_k,
+        total_tokens=tree.total_tokens, depth=tree.depth, top_k=tree.top_k,
         mode="live",
     )
 

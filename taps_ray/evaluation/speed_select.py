@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -149,30 +148,20 @@ def engine_strategy(choice: Choice) -> tuple[str, dict]:
 
 def _decode_row(target, engine, choice: Choice | None, bench: str, prompt_id: str, ids,
                 max_new: int, run_id: str) -> ResultRow:
+    """One greedy decode (plain when `engine` is None) as a live result row."""
     from taps_ray.decoding.engine import generate_plain
     from taps_ray.decoding.sampling import SamplingParams
+    from taps_ray.evaluation.bench import BenchUnit, live_row
+    from taps_ray.evaluation.runner import Candidate
 
-    greedy = SamplingParams()
-    start = time.perf_counter()
     if engine is None:
-        result = generate_plain(target, ids, greedy, max_new)
+        result = generate_plain(target, ids, SamplingParams(), max_new)
+        cand, tree = Candidate(PLAIN, PLAIN, []), TreeConfig(1, 1, 1)
     else:
-        result = engine.generate(ids, greedy, max_new)
-    wall = time.perf_counter() - start
-    steps = result.steps
-    tree = choice.tree if choice else TreeConfig(1, 1, 1)
-    return ResultRow(
-        run_id=run_id, target=str(target.name),
-        drafters=list(choice.drafters) if choice else [], method="none",
-        strategy=choice.key if choice else PLAIN, budget_mode="", benchmark=bench,
-        prompt_id=prompt_id, turn=0, temperature=0.0, seed=0, new_tokens=result.new_tokens,
-        steps=len(steps) or result.new_tokens, tau=result.tau if steps else 1.0, wall_s=wall,
-        tokens_per_s=result.new_tokens / wall,
-        verify_tokens_per_step=sum(s.verify_tokens for s in steps) / len(steps) if steps else 1.0,
-        accepted_by_depth=result.accepted_by_depth(tree.depth + 1) if steps else [],
-        route_counts="{}", total_tokens=tree.total_tokens if choice else 0,
-        depth=tree.depth if choice else 0, top_k=tree.top_k if choice else 0, mode="live",
-    )
+        result = engine.generate(ids, SamplingParams(), max_new)
+        cand, tree = Candidate(choice.key, choice.strategy, list(choice.drafters)), choice.tree
+    unit = BenchUnit("speed", "live", 0.0, bench)
+    return live_row(run_id, target, cand, unit, prompt_id, 0, 0, result, tree)
 
 
 def live_speedups(rows: Sequence[ResultRow]) -> dict[str, dict[str, float]]:
