@@ -48,6 +48,9 @@ class FixedPolicy:
                 verify_s: float, step_s: float) -> None:
         """Feedback after each step (nothing to learn for a fixed tree)."""
 
+    def observe_acceptance(self, verify_tokens: int, accepted: int, predicted: float) -> None:
+        """Feedback of a step verified in a batch, whose times are not this sequence's."""
+
 
 def best_tree_size(
     confidences: torch.Tensor,  # [n] path confidences of the tree's nodes, any order
@@ -196,12 +199,16 @@ class AdaptivePolicy:
     def observe(self, verify_tokens: int, accepted: int, committed: int, predicted: float,
                 verify_s: float, step_s: float) -> None:
         self.online.add(verify_tokens, verify_s)
+        self.observe_acceptance(verify_tokens, accepted, predicted)
+        if self.guard is not None:
+            self.guard.observe(committed, step_s)
+
+    def observe_acceptance(self, verify_tokens: int, accepted: int, predicted: float) -> None:
+        """Calibrate the confidences against what was accepted (batched steps too)."""
         if verify_tokens > 1:
             self._pred = 0.95 * self._pred + predicted
             self._real = 0.95 * self._real + accepted
             self.scale = min(max(self._real / max(self._pred, 1e-6), 0.05), 2.0)
-        if self.guard is not None:
-            self.guard.observe(committed, step_s)
 
 
 POLICIES = ("adaptive", "fixed")

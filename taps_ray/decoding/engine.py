@@ -22,6 +22,7 @@ from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import (
     DraftTree,
     children_lists,
+    select_tree,
     tree_attention_mask,
     tree_position_offsets,
 )
@@ -151,24 +152,53 @@ class SpeculativeEngine:
             yield Chunk(committed, stat, finish_reason(tokens, stops) if finished else None)
 
     def _prefill(self, prompt, sampling, gen):
-        feats = self.runner.prefill(prompt)  # [L, d]
+        return self.start(prompt, self.runner.prefill(prompt), sampling, gen)
+
+    def start(self, prompt: torch.Tensor, feats: torch.Tensor, sampling: SamplingParams,
+              gen) -> int:
+        """After the prompt's prefill (prompt [L], its target features [L, d], wherever the
+        cache lives): the root token; the drafter sessions take the prompt."""
         root = pick_token(self.runner.logits(feats[-1:]), sampling, gen)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         for s in self.sessions:
             s.reset(int(prompt[0]))  # x_0: no pair carries it, token-only sessions need it
-            s.extend(feats, nxt)  # pairs (f_t, x_{t+1}) for t = 0..L-1
+            s.extend(feats, nxt.to(feats.device))  # pairs (f_t, x_{t+1}) for t = 0..L-1
         return root
 
     def _step(self, root: int, sampling, gen, stops, budget):
-        t0 = time.perf_counter()
-        proposal = self._propose(t0)
-        tree = proposal.tree
-        t1 = time.perf_counter()
+        plan = self.begin_step(root)
         past = self.runner.length
-        verify_ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])
-        feats = self.runner.verify(
-            verify_ids, tree_position_offsets(tree), tree_attention_mask(tree)
-        )
+        start = time.perf_counter()
+        feats = self.runner.verify(plan.tokens, plan.offsets, plan.mask)
+        out = self.finish_step(plan, feats, sampling, gen, stops, budget,
+                               time.perf_counter() - start,
+                               lambda keep: self.runner.commit(past, keep))
+        return out.stat, (out.committed, out.finished)
+
+    def begin_step(self, root: int, speculate: bool | None = None) -> StepPlan:
+        """Propose this step's tree under `root`: `speculate` None lets the speed policy decide
+        and cut (one sequence alone); False decodes plainly; True drafts the whole tree (the
+        batch scheduler cuts it with `StepPlan.cut`)."""
+        start = time.perf_counter()
+        proposal = self._propose(start, speculate)
+        return StepPlan.of(root, proposal, time.perf_counter() - start)
+
+    def finish_step(
+        self,
+        plan: StepPlan,
+        feats: torch.Tensor,  # [q, d] the target's features of plan.tokens (padding cut)
+        sampling: SamplingParams,
+        gen,
+        stops: set[int],
+        budget: int,  # tokens this sequence may still emit
+        forward_s: float,  # seconds of the forward that produced feats
+        commit_cache=None,  # callable(keep [m]) that keeps the verified entries, or None
+        solo: bool = True,  # False in a batch: the policy learns acceptance, not step times
+    ) -> StepOutcome:
+        """Verify, learn, clip at stop/length, commit the drafter sessions (and the cache
+        through `commit_cache` when the caller owns it)."""
+        tree, proposal = plan.tree, plan.proposal
+        t1 = time.perf_counter()
         result = verify_tree(tree, self.runner, feats, sampling, gen)
         t2 = time.perf_counter()
         if proposal.drafted:
@@ -176,29 +206,85 @@ class SpeculativeEngine:
         committed, finished = clip_at_stop(
             result.accepted_tokens(tree) + [result.bonus_token], stops, budget
         )
+        keep = torch.tensor([0] + [n + 1 for n in result.accepted_nodes])  # verify offsets kept
         if not finished:
-            self._commit(past, feats, result, committed, proposal)
+            if commit_cache is not None:
+                commit_cache(keep)
+            self._extend_sessions(feats, keep, committed)
         t3 = time.perf_counter()
-        stat = step_stats(tree, result, proposal, len(committed), (t1 - t0, t2 - t1, t3 - t2))
-        self.policy.observe(stat.verify_tokens, stat.accepted, stat.committed,
-                            float(tree.scores.exp().sum()), t2 - t1, t3 - t0)
-        return stat, (committed, finished)
+        verify_s = forward_s + t2 - t1
+        stat = step_stats(tree, result, proposal, len(committed),
+                          (plan.draft_s, verify_s, t3 - t2))
+        predicted = float(tree.scores.exp().sum())
+        if solo:
+            self.policy.observe(stat.verify_tokens, stat.accepted, stat.committed, predicted,
+                                verify_s, plan.draft_s + verify_s + t3 - t2)
+        else:
+            self.policy.observe_acceptance(stat.verify_tokens, stat.accepted, predicted)
+        return StepOutcome(stat, committed, finished, keep)
 
-    def _propose(self, start: float) -> Proposal:
+    def _propose(self, start: float, speculate: bool | None = None) -> Proposal:
         """The strategy's tree cut by the speed policy, or the empty tree of a plain step."""
-        if not self.policy.speculate():
+        if speculate is False or (speculate is None and not self.policy.speculate()):
             return Proposal(empty_tree(), None, [])
         proposal = self.strategy.propose(self.sessions, self.tree)
+        if speculate:
+            return proposal
         cut = self.policy.cut(proposal.tree, time.perf_counter() - start)
         return proposal if cut is proposal.tree else replace(proposal, tree=cut)
 
-    def _commit(self, past: int, feats, result: VerifyResult, committed: list[int], proposal):
-        keep = torch.tensor([0] + [n + 1 for n in result.accepted_nodes])  # verify offsets kept
-        self.runner.commit(past, keep)
+    def _extend_sessions(self, feats, keep: torch.Tensor, committed: list[int]) -> None:
         kept_feats = feats[keep.to(feats.device)]  # [m+1, d]: root + accepted positions
         nxt = torch.tensor(committed, device=feats.device)  # accepted + bonus = x_{t+1}
         for s in self.sessions:
             s.extend(kept_feats, nxt)
+
+
+@dataclass
+class StepPlan:
+    """One sequence's share of a verification forward: what it feeds and what it drafted."""
+
+    proposal: Proposal
+    tokens: torch.Tensor  # [q] root + draft tokens (CPU)
+    offsets: torch.Tensor  # [q] depth of each token (root 0)
+    mask: torch.Tensor  # [q, q] bool, ancestor-or-self
+    draft_s: float  # seconds spent proposing
+
+    @property
+    def tree(self) -> DraftTree:
+        return self.proposal.tree
+
+    @classmethod
+    def of(cls, root: int, proposal: Proposal, draft_s: float) -> StepPlan:
+        tree = proposal.tree
+        tokens = torch.cat([torch.tensor([root]), tree.tokens.cpu()])
+        return cls(proposal, tokens, tree_position_offsets(tree), tree_attention_mask(tree),
+                   draft_s)
+
+    @classmethod
+    def plain(cls, root: int) -> StepPlan:
+        """A plain decoding step: the root alone."""
+        return cls.of(root, Proposal(empty_tree(), None, []), 0.0)
+
+    @property
+    def keep_root(self) -> torch.Tensor:  # [1]: keep only the root's cache entry
+        return torch.zeros(1, dtype=torch.long)
+
+    def cut(self, size: int) -> StepPlan:
+        """The same step verifying only the `size` best draft nodes (a connected tree)."""
+        tree = self.tree
+        if size >= tree.size:
+            return self
+        small = select_tree(tree.tokens, tree.parents, tree.scores, tree.entropies, size)
+        return StepPlan.of(int(self.tokens[0]), replace(self.proposal, tree=small), self.draft_s)
+
+
+@dataclass
+class StepOutcome:
+    stat: StepStats
+    committed: list[int]  # tokens emitted by this step (after stop/length clipping)
+    finished: bool
+    keep: torch.Tensor  # [m] offsets of the verified block whose cache entries stay
 
 
 def generate_plain(

@@ -39,6 +39,16 @@ class TargetRunner:
         ids = input_ids.to(self.device)
         return self._forward(ids, torch.arange(ids.numel(), device=self.device), None)
 
+    def extend(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Continue a prefill (chunked prefill): input_ids [n] after the cached ones ->
+        features [n, d]; the cache then holds n more entries."""
+        if self.cache is None:
+            return self.prefill(input_ids)
+        ids = input_ids.to(self.device)
+        pos = torch.arange(self.length, self.length + ids.numel(), device=self.device)
+        mask = causal_mask(self.length, ids.numel(), self.dtype, self.device)
+        return self._forward(ids, pos, mask)
+
     def step(self, token: int) -> torch.Tensor:
         """One plain decoding step: feature [1, d] of `token` at the next position."""
         ids = torch.tensor([token], device=self.device)

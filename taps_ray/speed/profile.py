@@ -48,6 +48,9 @@ class CostProfile:
     git_rev: str
     ref_kv_len: int = 256  # KV length of t1_s; tv(n) defaults to it
     draft_call_s: dict[str, float] = field(default_factory=dict)  # per draft, outside rounds
+    # rows B -> tokens per row q -> seconds of one batched verify forward at ref_kv_len
+    # (continuous batching); empty in profiles measured before it existed
+    batch_verify_s: dict[int, dict[int, float]] = field(default_factory=dict)
 
     def tv(self, n: float, kv_len: int | None = None) -> float:
         """Seconds of one verify step of n tokens: linear in n (extrapolated past the largest
@@ -64,6 +67,21 @@ class CostProfile:
         return (1 - w) * _interp_n(self.verify_s[kvs[lo]], n) + w * _interp_n(
             self.verify_s[kvs[hi]], n
         )
+
+    def tb(self, rows: int, q: float) -> float:
+        """Seconds of one batched forward of `rows` sequences of q tokens each: linear in q
+        and in rows between measured points (extrapolated past the largest); without a batched
+        table, Tv(rows * q) (the batch as one long block)."""
+        table = self.batch_verify_s
+        if not table:
+            return self.tv(rows * q)
+        bs = sorted(table)
+        if len(bs) == 1 or rows <= bs[0]:
+            return _interp_n(table[bs[0]], q) * (rows / bs[0] if len(bs) == 1 else 1.0)
+        i = min(max(bisect_left(bs, rows), 1), len(bs) - 1)
+        lo, hi = bs[i - 1], bs[i]
+        y0, y1 = _interp_n(table[lo], q), _interp_n(table[hi], q)
+        return max(y0 + (y1 - y0) * (rows - lo) / (hi - lo), 0.0)
 
     def round_s(self, drafter: str, width: int) -> float:
         """Seconds of one draft round of `drafter` at frontier `width` (linear between widths)."""
@@ -163,6 +181,7 @@ def profile_to_dict(profile: CostProfile) -> dict:
     data = asdict(profile)
     data["verify_s"] = {str(kv): _str_keys(v) for kv, v in profile.verify_s.items()}
     data["draft_round_s"] = {name: _str_keys(v) for name, v in profile.draft_round_s.items()}
+    data["batch_verify_s"] = {str(b): _str_keys(v) for b, v in profile.batch_verify_s.items()}
     return {"format": FORMAT, **data}
 
 
@@ -179,6 +198,8 @@ def profile_from_dict(data: dict) -> CostProfile:
     body["draft_round_s"] = {str(k): _int_keys(v) for k, v in body["draft_round_s"].items()}
     body["overhead_s"] = {str(k): float(v) for k, v in body["overhead_s"].items()}
     body["draft_call_s"] = {str(k): float(v) for k, v in body.get("draft_call_s", {}).items()}
+    body["batch_verify_s"] = {int(b): _int_keys(v)
+                              for b, v in body.get("batch_verify_s", {}).items()}
     body["t1_s"] = float(body["t1_s"])
     if not body["t1_s"] > 0:
         raise ValueError("t1_s must be > 0")
