@@ -7,17 +7,26 @@ from pathlib import Path
 
 from taps_ray.evaluation.report import build_report
 from tests.evaluation.test_report_html import _check_with_dump_dom, needs_chromium
+from tests.markdown_tables import Table, shown_equal, tables
 
 RUN = Path(__file__).parents[2] / "docs" / "results" / "quickstart-default"
 
 
 def test_committed_rows_rebuild_the_committed_table():
     report = build_report([str(RUN / "results")], with_plots=False)
-    committed = (RUN / "report" / "tables.md").read_text()
     table = report.tables[0.0]["pooled-tau"]
     assert len(table) == 18  # 6 drafters + 6 combinations x 2 pairs
-    for label, tau in table["mean"].items():
-        assert f"| {label} |" in committed and f"{tau:.2f}" in committed
+    shown = _section_table((RUN / "report" / "tables.md").read_text(),
+                           "## Acceptance length tau (pooled over steps), T=0")
+    assert [row[0] for row in shown.rows] == list(table.index)
+    assert shown.header[1:] == list(table.columns)
+    for label, column, cell in shown.cells():  # each number in its own row and column
+        assert shown_equal(cell, float(table.loc[label, column])), (label, column, cell)
+
+
+def _section_table(text: str, heading: str) -> Table:
+    """The first table after `heading`."""
+    return tables(text[text.index(heading):])[0]
 
 
 @needs_chromium

@@ -1,0 +1,99 @@
+"""Every figure table of the README comes from a committed output: each names its source on the
+line after it (`Source: `path``), and every number in it equals that file's value for its row
+and column at the precision shown. Every source and script the docs cite exists."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.markdown_tables import Table, numbers, shown_equal, tables
+
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+NOT_FIGURES = {"command", "launch path"}  # reference tables: commands, ports
+BENCHMARKS = {"MT-Bench": "mt_bench", "GSM8K": "gsm8k", "MATH-500": "math500", "SVAMP": "svamp",
+              "mean": "mean"}
+
+
+def tau_csv(path: Path):
+    """tables.csv of a report: pooled tau at T = 0 by row label and benchmark."""
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f)
+                if r["table"] == "pooled-tau" and float(r["temperature"]) == 0.0]
+    by_label = {r["label"]: r for r in rows}
+    return lambda row, col: [float(by_label[row][BENCHMARKS[col]])]
+
+
+def speed_choice(path: Path):
+    """benchmarks/speed_choice.py's JSON: tokens/s (and the ratio to taps-ray plain) per row."""
+    data = json.loads(path.read_text())
+    names = {"generate()": "generate()",
+             "generate(prompt_lookup_num_tokens=10)": "generate(prompt_lookup_num_tokens=10)",
+             "taps-ray plain decoding": "taps plain",
+             "served best_config.yaml (prompt lookup 4/2/2, adaptive)": "served (best_config)"}
+
+    def lookup(row: str, col: str) -> list[float]:
+        bench = BENCHMARKS[col]
+        if row == "served, tau":
+            return [data["results"]["served (best_config)"][bench]["tau"]]
+        key = names[row]
+        return [data["results"][key][bench]["tokens_per_s"],
+                data["ratios"][key][bench]["vs_taps_plain"]]
+
+    return lookup
+
+
+READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
+           "docs/bench/speed-choice.json": speed_choice}
+
+
+def figure_tables() -> list[Table]:
+    return [t for t in tables(README.read_text()) if t.header[0] not in NOT_FIGURES]
+
+
+def test_the_readme_has_figure_tables_and_each_names_a_source():
+    found = figure_tables()
+    assert len(found) >= 2
+    for table in found:
+        assert table.source, f"README.md:{table.line}: figure table without a Source: line"
+        assert table.source in READERS, f"README.md:{table.line}: no reader for {table.source}"
+
+
+@pytest.mark.parametrize("table", figure_tables(), ids=lambda t: f"line{t.line}")
+def test_every_number_of_a_readme_table_is_its_sources_value(table: Table):
+    lookup = READERS[table.source](ROOT / table.source)
+    checked = 0
+    for row, col, cell in table.cells():
+        shown = numbers(cell)
+        expected = lookup(row, col)
+        assert len(shown) == len(expected), f"{row} / {col}: {cell!r} vs {expected}"
+        for text, value in zip(shown, expected, strict=True):
+            assert shown_equal(text, value), f"{row} / {col}: README {text}, source {value}"
+            checked += 1
+    assert checked == sum(len(numbers(c)) for _, _, c in table.cells()) > 0
+
+
+def test_a_wrong_number_is_caught():
+    lookup = tau_csv(ROOT / "docs/results/quickstart-default/report/tables.csv")
+    value = lookup("math-eagle2", "GSM8K")[0]
+    assert shown_equal(f"{value:.2f}", value)
+    assert not shown_equal(f"{value + 0.01:.2f}", value)
+    with pytest.raises(KeyError):
+        lookup("no-such-row", "GSM8K")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_cited_source_and_script_exists(doc: Path):
+    text = doc.read_text()
+    cited = re.findall(r"Source: `([^`]+)`", text)
+    cited += re.findall(r"(docs/(?:bench|results)/[\w./-]+\.(?:json|csv|md|parquet|yaml))", text)
+    cited += re.findall(r"python (benchmarks/\w+\.py)", text)
+    assert cited, f"{doc.name} cites no output"
+    missing = sorted({c for c in cited if not (ROOT / c).exists()})
+    assert not missing, f"{doc.name} cites files that are not committed: {missing}"
