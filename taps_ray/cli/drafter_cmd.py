@@ -1,11 +1,16 @@
-"""`taps-ray drafter import|export`: drafters in the published EAGLE-1/2 layout.
+"""`taps-ray drafter import|export|calibrate`: drafters in the published EAGLE-1/2 layout, and
+their confidence calibration.
 
     taps-ray drafter import PATH --target T --out DIR [--name N] [--method eagle2|hass]
     taps-ray drafter export DRAFTER --format vllm|sglang --out DIR [--best-config FILE]
+    taps-ray drafter calibrate DRAFTER [DRAFTER...] [--prompts N] [--max-new-tokens M]
+                               [--method auto|temperature|isotonic]
 
 Import reads an EAGLE / HASS / TAPS-study checkpoint (or a folder exported below) into a taps-ray
 drafter folder; export writes the folder vLLM or SGLang loads, with a README of launch commands
 (and, for vLLM, a Ray Serve LLM app). The mappings live in taps_ray/models/eagle_format.py.
+Calibrate fits each drafter's node confidence to its real acceptance on held-out replay and
+stores the map in its taps.json, where confidence routing reads it (evaluation/confidence.py).
 """
 
 from __future__ import annotations
@@ -39,6 +44,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for key in ("total_tokens", "depth", "top_k"):
         exp.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, dest=key)
     exp.set_defaults(func=run_export)
+    _add_calibrate(actions)
+
+
+def _add_calibrate(actions: argparse._SubParsersAction) -> None:
+    cal = actions.add_parser("calibrate", help="fit drafters' confidences to their acceptance "
+                                               "(stored in taps.json; used by route-confidence)")
+    cal.add_argument("drafters", nargs="+", metavar="DRAFTER", help="drafter folders (one target)")
+    cal.add_argument("--prompts", type=int, default=32,
+                     help="held-out prompts, half MathInstruct, half ShareGPT (default 32)")
+    cal.add_argument("--max-new-tokens", type=int, default=96,
+                     help="greedy continuation length per prompt (default 96)")
+    cal.add_argument("--method", default="auto", help="auto (best held-out log-loss), "
+                                                      "temperature or isotonic")
+    cal.add_argument("--seed", type=int, default=0, help="draw of the held-out prompts")
+    cal.set_defaults(func=run_calibrate)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -69,6 +89,55 @@ def run_export(args: argparse.Namespace) -> int:
     for note in engine_notes(drafter, args.format):
         print(f"note: {note}")
     return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from taps_ray.config.schema import TreeConfig
+    from taps_ray.evaluation import confidence
+    from taps_ray.evaluation.replay import continuations
+    from taps_ray.models.drafter import load_drafter
+    from taps_ray.models.target import load_target
+
+    metas = _calibrate_checks(args)
+    target = load_target(metas[0].target)
+    excluded = {m.name: confidence.training_ids(m) for m in metas}
+    skip = set().union(*(ids for ids in excluded.values() if ids))
+    records = confidence.heldout_records(args.prompts, args.seed, skip)
+    prompts = continuations(target, records, args.max_new_tokens, progress=True)
+    tree = TreeConfig()
+    data = confidence.describe_data(prompts, tree, args.max_new_tokens, args.seed,
+                                    {k: None if v is None else len(v) for k, v in excluded.items()})
+    for folder, meta in zip(args.drafters, metas, strict=True):
+        pairs = confidence.collect(target, load_drafter(folder, target), prompts, tree)
+        fitted = confidence.fit_calibration(pairs, args.method)
+        fitted.fitted_on.update(data)
+        confidence.write_calibration(folder, fitted)
+        held = fitted.fitted_on["heldout"]
+        print(f"{meta.name}: {fitted.method}, held-out log-loss {held['identity']['log_loss']} "
+              f"-> {held[fitted.method]['log_loss']}, Brier {held['identity']['brier']} -> "
+              f"{held[fitted.method]['brier']} ({fitted.fitted_on['pairs']['heldout']} nodes); "
+              f"wrote {Path(folder) / 'taps.json'}")
+    return 0
+
+
+def _calibrate_checks(args: argparse.Namespace) -> list:
+    """Bad input as one sentence before any model loads; -> the drafters' metadata."""
+    from taps_ray.evaluation.confidence import METHODS
+    from taps_ray.models.drafter import read_meta
+
+    if args.method not in METHODS:
+        raise TapsError(f"--method '{args.method}' is unknown; use one of {', '.join(METHODS)}")
+    if args.prompts < 4:
+        raise TapsError(f"--prompts must be >= 4 (half fit, half score, both domains), "
+                        f"got {args.prompts}")
+    if args.max_new_tokens < 8:
+        raise TapsError(f"--max-new-tokens must be >= 8, got {args.max_new_tokens}")
+    metas = [read_meta(folder) for folder in args.drafters]
+    targets = sorted({m.target for m in metas})
+    if len(targets) != 1 or not targets[0]:
+        raise TapsError(f"drafters to calibrate together must record one target, got "
+                        f"{targets or 'none'}; calibrate each target's drafters separately")
+    return metas
 
 
 def served_target(name: str) -> str:

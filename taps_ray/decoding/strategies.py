@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding.calibration import Calibration, session_calibration
 from taps_ray.decoding.proposer import Session, draft_many
 from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
@@ -115,9 +116,13 @@ class Average(Single):
         return [average_drafters(drafters, weights)]
 
 
-def tree_confidence(tree: DraftTree) -> float:
-    """Mean node confidence, confidence = exp(cumulative draft log-prob)."""
-    return float(tree.scores.exp().mean()) if tree.size else 0.0
+def tree_confidence(tree: DraftTree, calibration: Calibration | None = None) -> float:
+    """Mean node confidence, confidence = exp(cumulative draft log-prob); with a `calibration`
+    each node's confidence is first mapped to its drafter's acceptance probability."""
+    if not tree.size:
+        return 0.0
+    probs = tree.scores.exp() if calibration is None else calibration.apply(tree.scores)
+    return float(probs.mean())
 
 
 def tree_entropy(tree: DraftTree) -> float:
@@ -142,7 +147,8 @@ class _Router(Strategy):
             raise TapsError(f"warmup_steps must be >= 1, got {warmup_steps}")
         self.granularity, self.warmup_steps = granularity, int(warmup_steps)
 
-    def metric(self, tree: DraftTree) -> float:
+    def metric(self, tree: DraftTree, session: Session) -> float:
+        """Score of `tree`, drafted by `session`."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -154,7 +160,7 @@ class _Router(Strategy):
         if self.winner is not None:
             return Proposal(sessions[self.winner].draft(tree), self.winner, [self.winner])
         trees = draft_many(sessions, tree)
-        values = [self.metric(t) for t in trees]
+        values = [self.metric(t, s) for t, s in zip(trees, sessions, strict=True)]
         best = _best(values, self.higher_is_better)
         if self.granularity == "prompt":
             self.totals = [a + v for a, v in zip(self.totals, values, strict=True)]
@@ -166,15 +172,25 @@ class _Router(Strategy):
 
 @register("route-confidence")
 class RouteConfidence(_Router):
-    def metric(self, tree: DraftTree) -> float:
-        return tree_confidence(tree)
+    """Confidences of different heads are compared through each head's calibration (stored
+    with the drafter by `taps-ray drafter calibrate`; identity for drafters without one)."""
+
+    def start(self) -> None:
+        super().start()
+        self.calibrations: dict[int, tuple[Session, Calibration]] = {}  # id -> (session, its)
+
+    def metric(self, tree: DraftTree, session: Session) -> float:
+        known = self.calibrations.get(id(session))
+        if known is None or known[0] is not session:  # parsed once per prompt and session
+            known = self.calibrations[id(session)] = (session, session_calibration(session))
+        return tree_confidence(tree, known[1])
 
 
 @register("route-entropy")
 class RouteEntropy(_Router):
     higher_is_better = False
 
-    def metric(self, tree: DraftTree) -> float:
+    def metric(self, tree: DraftTree, session: Session) -> float:
         return tree_entropy(tree)
 
 

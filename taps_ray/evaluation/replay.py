@@ -187,6 +187,12 @@ class KnownTrees:
         self.cache = None  # the drafter's cache over every teacher pair
         self.hidden: torch.Tensor | None = None  # [pairs, d] its output at each pair
 
+    @property
+    def drafter(self) -> object:
+        """The head drafting these trees (its metadata, e.g. the confidence calibration, is
+        what strategies read from any session)."""
+        return self.session.drafter
+
     def reset(self, first_token: int | None = None) -> None:
         self.length = 0
 

@@ -44,7 +44,8 @@ class DrafterMeta:
     data: dict = field(default_factory=dict)  # mixture spec and exact counts drawn
     draft_vocab_size: int = 0  # 0 = full vocabulary
     layout: str = "taps"  # taps | eagle (published EAGLE-1/2: no input/final norm); see LAYOUTS
-    extra: dict = field(default_factory=dict)  # training summary, averaging weights, ...
+    extra: dict = field(default_factory=dict)  # training summary, averaging weights,
+    # confidence_calibration (taps-ray drafter calibrate; absent = raw confidences), ...
 
 
 def decoder_config(target_config: object) -> object:
@@ -249,12 +250,40 @@ def check_compatible(config: object, meta: DrafterMeta, target: object, path: Pa
 
 
 def _read_meta(path: Path) -> DrafterMeta:
+    from taps_ray.decoding.calibration import calibration_of
+
     try:
-        return DrafterMeta(**json.loads(path.read_text()))
+        meta = DrafterMeta(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as err:
         raise TapsError(
             f"drafter metadata '{path}' is damaged ({err}); retrain the drafter"
         ) from None
+    try:  # a damaged confidence calibration fails at load, not mid-routing
+        calibration_of(meta)
+    except TapsError as err:
+        raise TapsError(f"drafter metadata '{path}' has a damaged confidence calibration "
+                        f"({err}); rerun taps-ray drafter calibrate") from None
+    return meta
+
+
+def read_meta(path: str | Path) -> DrafterMeta:
+    """The taps.json of a drafter folder (weights not read)."""
+    return _read_meta(_check_folder(path) / META_FILE)
+
+
+def write_meta(path: str | Path, meta: DrafterMeta) -> Path:
+    """Rewrite only a drafter folder's taps.json (temp file, then rename; the weights are
+    untouched): metadata added after training, e.g. a confidence calibration."""
+    import os
+
+    target = _check_folder(path) / META_FILE
+    tmp = target.with_name(f".{META_FILE}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(asdict(meta), indent=2))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _replace_dir(new: Path, old: Path) -> None:

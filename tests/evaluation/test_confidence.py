@@ -1,0 +1,147 @@
+"""Fitting drafters' confidence calibrations on held-out replay, storing them in taps.json, and
+`taps-ray drafter calibrate`'s input checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from taps_ray.cli import main
+from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding import calibration as cal
+from taps_ray.decoding.engine import generate_plain
+from taps_ray.decoding.proposer import make_session
+from taps_ray.decoding.sampling import SamplingParams
+from taps_ray.decoding.target_runner import TargetRunner
+from taps_ray.decoding.tree import DraftTree
+from taps_ray.errors import TapsError
+from taps_ray.evaluation import confidence
+from taps_ray.evaluation.replay import KnownTrees, ReplayPrompt, match_length, teacher_features
+from taps_ray.models.drafter import (
+    META_FILE,
+    WEIGHTS_FILE,
+    DrafterMeta,
+    load_drafter,
+    read_meta,
+    save_drafter,
+    untrained_drafter,
+)
+from tests.tiny import tiny_target
+
+TREE = TreeConfig(12, 3, 4)
+
+
+def items(target, n: int = 4) -> list[ReplayPrompt]:
+    out = []
+    for k in range(n):
+        prompt = torch.randint(0, 32, (6 + k,), generator=torch.Generator().manual_seed(k))
+        cont = generate_plain(target, prompt.tolist(), SamplingParams(), 20,
+                              stop_token_ids=set()).tokens
+        source = ("mathinstruct", "sharegpt")[k % 2]
+        out.append(ReplayPrompt(source, f"{source}/{k}", 0, prompt.tolist(), cont))
+    return out
+
+
+def saved(tmp_path, target, name="math-hass", seed=1):
+    folder = tmp_path / name
+    save_drafter(untrained_drafter(target, seed=seed), folder,
+                 DrafterMeta(name=name, method="hass", target=target.name))
+    return folder
+
+
+def test_accepted_path_is_the_matched_root_path():
+    tree = DraftTree.make_dummy([-1, -1, 0, 0, 2], tokens=[5, 6, 7, 8, 9])
+    assert confidence.accepted_path(tree, [5, 7, 9, 1]) == [0, 2, 4]
+    assert confidence.accepted_path(tree, [6, 7]) == [1]
+    assert confidence.accepted_path(tree, [4]) == []
+    for upcoming in ([5, 7, 9, 1], [5, 8], [3]):
+        assert len(confidence.accepted_path(tree, upcoming)) == match_length(tree, upcoming)
+
+
+def test_node_pairs_label_every_node_of_every_tree_by_the_matched_path():
+    target = tiny_target("llama")
+    drafter = untrained_drafter(target, seed=1)
+    runner = TargetRunner(target.model)
+    item = items(target, 1)[0]
+    feats = teacher_features(runner, item)
+    session = make_session(drafter, runner.embed, runner.lm_head.weight)
+    pairs = confidence.node_pairs(session, item, feats, TREE)
+    # the same trees, position by position
+    seq = torch.tensor(item.prompt_ids + item.continuation)
+    known = KnownTrees(session, feats, seq)
+    start, sizes, matched = len(item.prompt_ids), 0, 0
+    for done in range(1, len(item.continuation) - TREE.depth):
+        known.length = start + done - 1
+        tree = known.draft(TREE)
+        sizes += tree.size
+        matched += match_length(tree, item.continuation[done:])
+    assert pairs.scores.numel() == pairs.accepted.numel() == sizes
+    assert int(pairs.accepted.sum()) == matched
+    assert bool((pairs.scores <= 0).all())
+
+
+def test_fit_is_scored_on_the_other_half_and_stored_with_its_data(tmp_path):
+    target = tiny_target("llama")
+    folder = saved(tmp_path, target)
+    drafter = load_drafter(folder, target)
+    pairs = confidence.collect(target, drafter, items(target), TREE)
+    fit_part, held = confidence.split(pairs)
+    assert [p.source for p in fit_part] == ["mathinstruct", "sharegpt"]
+    assert [p.source for p in held] == ["mathinstruct", "sharegpt"]
+    fitted = confidence.fit_calibration(pairs, "auto")
+    assert fitted.method in ("temperature", "isotonic")
+    held_out = fitted.fitted_on["heldout"]
+    assert set(held_out) == {"identity", "temperature", "isotonic"}
+    assert held_out[fitted.method]["log_loss"] == min(
+        held_out[m]["log_loss"] for m in ("temperature", "isotonic"))
+    weights = (folder / WEIGHTS_FILE).read_bytes()
+    confidence.write_calibration(folder, fitted)
+    assert (folder / WEIGHTS_FILE).read_bytes() == weights  # only taps.json is rewritten
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "model.safetensors", "taps.json"]
+    again = load_drafter(folder, target)
+    assert cal.calibration_of(again.meta) == fitted
+    assert again.meta.extra[cal.META_KEY]["fitted_on"]["pairs"] == fitted.fitted_on["pairs"]
+    assert confidence.fit_calibration(pairs, "temperature").method == "temperature"
+    with pytest.raises(TapsError, match="--method"):
+        confidence.fit_calibration(pairs, "platt")
+    with pytest.raises(TapsError, match="too few"):
+        confidence.fit_calibration(pairs[:1], "auto")
+
+
+def test_old_drafters_load_uncalibrated_and_damaged_calibrations_are_refused(tmp_path):
+    target = tiny_target("llama")
+    folder = saved(tmp_path, target)
+    meta = json.loads((folder / META_FILE).read_text())
+    assert "confidence_calibration" not in meta["extra"]
+    assert cal.calibration_of(load_drafter(folder, target).meta) is cal.IDENTITY
+    assert confidence.training_ids(read_meta(folder)) is None  # no mixture recorded
+    meta["extra"][cal.META_KEY] = {"method": "isotonic", "x": [0.0, -1.0], "y": [0.1, 0.2]}
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(TapsError, match="damaged confidence calibration"):
+        load_drafter(folder, target)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompts", "2"], "--prompts must be >= 4"),
+    (["--method", "platt"], "--method 'platt' is unknown"),
+    (["--max-new-tokens", "3"], "--max-new-tokens must be >= 8"),
+])
+def test_calibrate_cli_rejects_bad_flags_in_one_sentence(tmp_path, capsys, args, message):
+    folder = saved(tmp_path, tiny_target("llama"))
+    assert main(["drafter", "calibrate", str(folder), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+
+
+def test_calibrate_cli_rejects_missing_folders_and_mixed_targets(tmp_path, capsys):
+    assert main(["drafter", "calibrate", str(tmp_path / "nowhere")]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    a = saved(tmp_path, tiny_target("llama"), "math-hass")
+    b = saved(tmp_path, tiny_target("llama"), "chat-hass", seed=2)
+    meta = json.loads((b / META_FILE).read_text())
+    (b / META_FILE).write_text(json.dumps({**meta, "target": "another-model"}))
+    assert main(["drafter", "calibrate", str(a), str(b)]) == 2
+    assert "one target" in capsys.readouterr().err
