@@ -105,17 +105,18 @@ class BatchedRunner:
         width = self.padded_length  # L: the new block starts here
         rows, dst, src = [], [], []
         for i, keep in enumerate(keeps):
-            m = keep.numel()
-            rows += [i] * m
-            dst += range(self.lengths[i], self.lengths[i] + m)
-            src += (keep.cpu() + width).tolist()
-            self.lengths[i] += m
-        b = torch.tensor(rows, dtype=torch.long, device=self.device)
-        to = torch.tensor(dst, dtype=torch.long, device=self.device)
-        frm = torch.tensor(src, dtype=torch.long, device=self.device)
-        for layer in _layers(self.cache):
-            layer.keys[b, :, to] = layer.keys[b, :, frm]  # the right side is read first
-            layer.values[b, :, to] = layer.values[b, :, frm]
+            for r, k in enumerate(keep.tolist()):
+                if self.lengths[i] + r != width + k:  # already in place (a full row's chain)
+                    rows.append(i)
+                    dst.append(self.lengths[i] + r)
+                    src.append(width + k)
+            self.lengths[i] += keep.numel()
+        if rows:
+            b, to, frm = (torch.tensor(v, dtype=torch.long, device=self.device)
+                          for v in (rows, dst, src))
+            for layer in _layers(self.cache):
+                layer.keys[b, :, to] = layer.keys[b, :, frm]  # the right side is read first
+                layer.values[b, :, to] = layer.values[b, :, frm]
         _cut(self.cache, self.padded_length)
 
     @torch.inference_mode()

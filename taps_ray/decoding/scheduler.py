@@ -55,7 +55,7 @@ class QueueFull(RuntimeError):
 class BatchSettings:
     max_batch_size: int = 16  # sequences decoded together (cache rows)
     max_queue: int = 64  # waiting requests beyond which submit raises QueueFull
-    prefill_chunk: int = 128  # prompt tokens per prefill forward (one chunk per step)
+    prefill_chunk: int = 128  # prompt tokens per prefill forward, and per step while others decode
     # who decides speculation per step: "cost" the batch cost model (each sequence's own
     # policy when it runs alone), "sequence" each sequence's policy as if alone, "off" plain
     speculation: str = "cost"
@@ -264,30 +264,31 @@ class BatchScheduler:
                 self._prefilling.append(self._waiting.popleft())
 
     def _prefill_some(self) -> None:
-        """One chunk while others decode; with none decoding, until someone can decode."""
-        while self._prefilling:
+        """Up to prefill_chunk prompt tokens while others decode (several short prompts may
+        share them); with none decoding, until someone can decode."""
+        budget = self.settings.prefill_chunk
+        while self._prefilling and (budget > 0 or not self._decoding):
             seq = self._prefilling[0]
             try:
-                ready = self._prefill_chunk(seq)
+                fed = self._prefill_chunk(seq, budget if self._decoding else None)
             except Exception as err:
                 self._prefilling.pop(0)
                 seq.handle._put(err)
                 continue
-            if ready:
+            budget -= fed
+            if seq.prefill.length == seq.prompt.numel():
                 self._prefilling.pop(0)
                 self._join(seq)
-            if self._decoding:
-                return
 
-    def _prefill_chunk(self, seq: _Sequence) -> bool:
-        """Feed the next chunk of seq's prompt; True once the whole prompt is in its cache."""
+    def _prefill_chunk(self, seq: _Sequence, budget: int | None) -> int:
+        """Feed the next chunk of seq's prompt (at most `budget` tokens); returns its size."""
         if seq.prefill is None:
             seq.prefill = TargetRunner(self.target.model)
         done, chunk = seq.prefill.length, self.settings.prefill_chunk
-        part = seq.prompt[done : done + chunk]
+        part = seq.prompt[done : done + min(chunk, budget or chunk)]
         feats = seq.prefill.prefill(part) if done == 0 else seq.prefill.extend(part)
         seq.feats = [*seq.feats, feats] if seq.request.engine is not None else [feats[-1:]]
-        return seq.prefill.length == seq.prompt.numel()
+        return part.numel()
 
     def _join(self, seq: _Sequence) -> None:
         """The prompt is in: pick the first token, emit it, and give the sequence a row."""

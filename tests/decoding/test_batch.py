@@ -10,6 +10,8 @@ from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import DraftTree, tree_attention_mask, tree_position_offsets
 from tests.tiny import tiny_target
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only cost
+
 ATOL = 1e-4  # fp32 batched matmuls may differ from batch 1 in the last bits
 
 
