@@ -83,11 +83,23 @@ class ServeConfig:
     api_key_env: str = ""  # name of an env var holding the API key; empty: no auth
     # serve a non-loopback host without api_key_env (private networks only; else refused)
     allow_unauthenticated: bool = False
-    engines_per_replica: int = 1  # requests decoded at once per replica (threads)
+    # continuous: a replica decodes its requests together, one batched step at a time, and
+    # requests join and leave between steps; off: one thread per request (engines_per_replica)
+    batching: Literal["continuous", "off"] = "continuous"
+    max_batch_size: int = 16  # sequences one batched step decodes (batching: continuous)
+    batch_queue: int = 16  # requests a replica holds waiting for a batch slot; beyond: 503
+    prefill_chunk: int = 128  # prompt tokens prefilled per step, so running sequences go on
+    # who decides per batched step whether trees are verified: "cost" the batch cost model
+    # (Tb(B, q) of the profile, else measured online), "sequence" each request's own speed
+    # policy as if alone, "off" plain steps only (drafters unused while batched)
+    batch_speculation: Literal["cost", "sequence", "off"] = "cost"
+    engines_per_replica: int = 1  # batching off: requests decoded at once per replica (threads)
     torch_threads: int = 0  # intra-op threads per replica; 0: torch's default
     num_replicas: int = 1  # fixed replica count (ignored when autoscaling is set)
     autoscaling: dict[str, Any] = field(default_factory=dict)  # Serve autoscaling_config; {}: off
-    max_ongoing_requests: int = 4  # per replica; more wait in Serve's queue
+    # per replica; more wait in Serve's queue. 0: max_batch_size + batch_queue with batching
+    # (what the replica's batch and queue hold), else 4
+    max_ongoing_requests: int = 0
     max_queued_requests: int = 32  # beyond this Serve answers 503 + Retry-After; -1: no limit
     retry_after_s: float = 2.0  # the Retry-After (seconds, rounded up) sent with that 503
     replica_cpus: float = 1.0  # CPUs Ray reserves per replica
@@ -96,9 +108,10 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for key in ("default_max_tokens", "max_tokens_limit", "engines_per_replica"):
             _at_least(key, getattr(self, key), 1)
-        for key in ("num_replicas", "max_ongoing_requests"):
+        for key in ("num_replicas", "max_batch_size", "batch_queue", "prefill_chunk"):
             _at_least(key, getattr(self, key), 1)
-        _at_least("max_context", self.max_context, 0)
+        for key in ("max_context", "max_ongoing_requests"):
+            _at_least(key, getattr(self, key), 0)
         _at_least("torch_threads", self.torch_threads, 0)
         _at_least("max_queued_requests", self.max_queued_requests, -1)
         if self.default_max_tokens > self.max_tokens_limit:
@@ -107,6 +120,29 @@ class ServeConfig:
             raise ValueError("retry_after_s must be >= 0 (seconds a rejected client waits)")
         if self.replica_cpus < 0 or self.health_check_period_s <= 0:
             raise ValueError("replica_cpus must be >= 0 and health_check_period_s > 0")
+        if self.batched and 0 < self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}), so a replica's batch could never fill; raise it, "
+                "lower max_batch_size, or set it to 0 (max_batch_size + batch_queue)")
+
+    @property
+    def batched(self) -> bool:
+        return self.batching == "continuous"
+
+    @property
+    def ongoing_limit(self) -> int:
+        """Requests Serve sends one replica at once (the rest wait in Serve's queue)."""
+        if self.max_ongoing_requests:
+            return self.max_ongoing_requests
+        return self.max_batch_size + self.batch_queue if self.batched else 4
+
+    @property
+    def decode_threads(self) -> int:
+        """Worker threads a replica needs: one per request it decodes or holds in its queue
+        (batching: the threads only turn the batch's tokens into text; the batch decodes)."""
+        return self.max_batch_size + self.batch_queue if self.batched \
+            else self.engines_per_replica
 
     @property
     def served_name(self) -> str:
@@ -120,7 +156,12 @@ def _at_least(key: str, value: int, low: int) -> None:
 
 def load_serve_config(args: dict[str, Any] | ServeConfig) -> ServeConfig:
     """Strict: unknown keys and wrong types are TapsErrors naming the key."""
-    return args if isinstance(args, ServeConfig) else from_dict(ServeConfig, dict(args))
+    if isinstance(args, ServeConfig):
+        return args
+    args = dict(args)
+    if isinstance(args.get("batching"), bool):  # YAML 1.1 reads an unquoted off/on as a bool
+        args["batching"] = "continuous" if args["batching"] else "off"
+    return from_dict(ServeConfig, args)
 
 
 def resolve_config(config: ServeConfig, cwd: Path | None = None) -> ServeConfig:
@@ -188,9 +229,15 @@ def missing_folders(paths: list[str]) -> list[str]:
 
 
 def deployment_options(config: ServeConfig) -> dict[str, Any]:
-    """Options for `serve.deployment(...).options(...)`: capacity, scaling, health checks."""
+    """Options for `serve.deployment(...).options(...)`: capacity, scaling, health checks.
+
+    With batching, Serve should hand a replica at least a full batch (`max_ongoing_requests` >=
+    `max_batch_size`, checked in ServeConfig); by default it hands what the batch and the
+    replica's queue hold, so requests beyond that wait in Serve's queue (where the router can
+    send them to whichever replica frees first) and beyond `max_queued_requests` get Serve's 503.
+    """
     options: dict[str, Any] = {
-        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_ongoing_requests": config.ongoing_limit,
         "max_queued_requests": config.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": config.retry_after_s},
         "ray_actor_options": {"num_cpus": config.replica_cpus},

@@ -1,9 +1,11 @@
 """HTTP routes of the OpenAI-compatible API (Starlette), over a `CompletionService`.
 
-Decoding runs in a thread pool (one thread per engine slot) so the event loop keeps accepting
-requests; a streamed response pulls events from the decoding thread through an asyncio queue,
-and a client that goes away stops its decoding at the next step. Every refusal is an OpenAI
-error body; only a failure inside the replica is a 500.
+A request is started in the event loop (so a full batch queue is a 503 with Retry-After before
+any byte is sent); its events are read in a thread pool (one thread per request the replica
+takes) so the event loop keeps accepting requests, and reach the response through an asyncio
+queue. A client that goes away cancels its decoding at once (a batched sequence leaves the batch
+at the next step). Every refusal is an OpenAI error body; only a failure inside the replica
+is a 500.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import threading
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -35,7 +37,7 @@ from taps_ray.serving.protocol import (
     parse_json,
     sse,
 )
-from taps_ray.serving.service import CompletionService, Event, Job
+from taps_ray.serving.service import CompletionService, Decoding, Event, Job
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logs capture this logger
 _END = object()  # end of a decoding thread's events
@@ -57,9 +59,12 @@ def build_http_app(
     return Starlette(routes=routes, exception_handlers=handlers)
 
 
-def error_response(err: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+def error_response(err: ApiError, retry_after_s: float = 0.0) -> JSONResponse:
+    """The error body; a 401 asks for a bearer token, a 503 says when to retry (as Serve's)."""
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
+    if err.status == 503:
+        headers["Retry-After"] = str(math.ceil(retry_after_s))
+    return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
 
 
 def keys_match(given: str, key: str) -> bool:
@@ -108,15 +113,16 @@ class _Api:
         try:
             self._authorize(request)
             job = self.service.prepare(parse(parse_json(await request.body())))
+            decoding = self.service.run(job, self.metrics.live)
         except ApiError as err:
             self.metrics.record(endpoint, err.status, time.perf_counter() - start, None)
-            return error_response(err)
+            return error_response(err, self.service.config.retry_after_s)
         head = ResponseHead.new(self.service.model_name, job.request.kind)
         if job.request.stream:
-            events = self._sse(job, head, endpoint, start)
+            events = self._sse(job, decoding, head, endpoint, start)
             headers = {"Cache-Control": "no-cache"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        return await self._whole(job, head, endpoint, start)
+        return await self._whole(decoding, head, endpoint, start)
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -128,10 +134,12 @@ class _Api:
         if not keys_match(token.strip(), self.api_key):
             raise ApiError(401, "invalid API key", None, "invalid_api_key")
 
-    async def _whole(self, job: Job, head: ResponseHead, endpoint: str, start: float) -> Response:
+    async def _whole(
+        self, decoding: Decoding, head: ResponseHead, endpoint: str, start: float
+    ) -> Response:
         texts, last = [], None
         try:
-            async for event in self._events(job):
+            async for event in self._events(decoding):
                 texts.append(event.text)
                 last = event
         except Exception:
@@ -140,13 +148,13 @@ class _Api:
         return JSONResponse(head.body("".join(texts), last.finish_reason, last.stats.usage()))
 
     async def _sse(
-        self, job: Job, head: ResponseHead, endpoint: str, start: float
+        self, job: Job, decoding: Decoding, head: ResponseHead, endpoint: str, start: float
     ) -> AsyncIterator[bytes]:
         if head.kind == "chat":
             yield sse(head.chunk(None, first=True))  # the role comes first, as OpenAI sends it
         last = None
         try:
-            async for event in self._events(job):
+            async for event in self._events(decoding):
                 if event.text or event.finish_reason:
                     yield sse(head.chunk(event.text, event.finish_reason))
                 last = event
@@ -170,27 +178,26 @@ class _Api:
         err = ApiError(500, _INTERNAL, None, "internal_error")
         return err.body() if stream else error_response(err)
 
-    async def _events(self, job: Job) -> AsyncIterator[Event]:
-        """Events of `service.run(job)`, decoded in the pool; stops decoding when abandoned."""
+    async def _events(self, decoding: Decoding) -> AsyncIterator[Event]:
+        """The decoding's events, read in the pool; cancels the decoding when abandoned."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
 
         def put(item: object) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop closed (replica shutting down)
-                cancel.set()
+                decoding.cancel()
 
         def produce() -> None:
+            events = iter(decoding)
             try:
-                for event in self.service.run(job, self.metrics.live):
+                for event in events:
                     put(event)
-                    if cancel.is_set():
-                        break
             except Exception as err:
                 put(err)
             finally:
+                events.close()  # ends the job however the loop ended (frees its batch slot)
                 put(_END)
 
         self.pool.submit(produce)
@@ -200,4 +207,4 @@ class _Api:
                     raise item
                 yield item
         finally:
-            cancel.set()
+            decoding.cancel()

@@ -3,6 +3,8 @@
 Each step is timed between the chunks a request's stream yields (draft + verify + commit and the
 text bookkeeping around them), so tokens/s here is a per-sequence decoding speed: comparable to
 `taps-ray generate`'s, and not diluted by idle time or by how many requests run at once.
+`Throughput` is the other view: tokens of all the replica's requests together per second of wall
+time (what batching raises), with the batch and queue sizes in `ReplicaLoad`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,44 @@ class LiveSnapshot:
     tokens_per_step: float  # committed tokens / steps in the window (tau, plain steps included)
     speculating: bool  # the latest step's policy drafts next (False: plain decoding)
     fallbacks: int  # times a guard turned speculation off, since the replica started
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    running: int  # sequences decoding now (batching: in the batch)
+    queued: int  # requests the replica holds waiting for a batch slot
+    tokens_per_s: float  # tokens of all requests together over the recent window
+
+
+class Throughput:
+    """Tokens emitted by all requests of a replica over the last `window_s` seconds."""
+
+    def __init__(self, window_s: float = 30.0):
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._events: deque[tuple[float, int]] = deque()  # (time, tokens)
+        self._tokens = 0
+        self._since: float | None = None  # first event: a young replica's window is shorter
+
+    def add(self, tokens: int, now: float) -> None:
+        with self._lock:
+            self._since = now if self._since is None else self._since
+            self._events.append((now, tokens))
+            self._tokens += tokens
+            self._expire(now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            self._expire(now)
+            if self._since is None:
+                return 0.0
+            span = min(self.window_s, now - self._since)
+            return self._tokens / span if span > 0 else 0.0
+
+    def _expire(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window_s:
+            self._tokens -= self._events.popleft()[1]
 
 
 class LiveStats:

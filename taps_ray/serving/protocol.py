@@ -19,6 +19,7 @@ from taps_ray.data.records import Message
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
+GREEDY_BELOW = 1e-5  # smaller temperatures decode greedily (vLLM's _SAMPLING_EPS)
 
 _ERROR_TYPES = {401: "authentication_error", 404: "invalid_request_error", 500: "server_error"}
 
@@ -98,7 +99,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         raise bad("stream_options", "stream_options must be an object")
     return dict(
         model=_opt_str(body, "model"),
-        temperature=_number(body, "temperature", 1.0, low=0.0),
+        temperature=_temperature(body),
         top_p=_top_p(body),
         top_k=_opt_int(body, "top_k", low=0) or 0,
         seed=_seed(body),
@@ -188,6 +189,13 @@ def _top_p(body: dict[str, Any]) -> float:
     if not 0 < top_p <= 1:
         raise bad("top_p", f"top_p must be in (0, 1] (1 = off), got {top_p}")
     return top_p
+
+
+def _temperature(body: dict[str, Any]) -> float:
+    """Below GREEDY_BELOW a temperature is greedy (as vLLM does): logits / 1e-45 overflow to
+    inf and the sampling distribution would be NaN."""
+    value = _number(body, "temperature", 1.0, low=0.0)
+    return 0.0 if value < GREEDY_BELOW else value
 
 
 def _number(body: dict[str, Any], key: str, default: float, low: float) -> float:

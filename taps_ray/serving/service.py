@@ -1,16 +1,23 @@
 """The serving core without Ray: models loaded once, requests checked against them, decoded.
 
 `prepare` turns a parsed request into a `Job` (or an `ApiError`): everything that can be wrong
-with a request is found there, before any response byte is sent. `run` decodes a job as a
-stream of `Event`s; it is synchronous and meant to run in a worker thread. Each job gets its
-own engine (cheap to build: the models are shared), so concurrent jobs share no decoding state,
-and its own speed policy (adaptive by default), which starts from the plain decoding speed the
-replica last measured.
+with a request is found there, before any response byte is sent. `run` starts a job and returns
+a `Decoding`: a stream of `Event`s, synchronous and meant to be read in a worker thread, that any
+thread may cancel. Each job gets its own engine (cheap to build: the models are shared) and its
+own speed policy (adaptive by default), which starts from the plain decoding speed the replica
+last measured.
+
+Two modes (`ServeConfig.batching`). `continuous`: the replica owns one `BatchScheduler`; `run`
+submits the job to it (a 503 when its queue is full) and reads the sequence's chunks; all running
+sequences advance together, one batched step at a time. `off`: each job decodes alone in the
+thread that reads it. Either way the chunks become Events in one place (`_events`).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +32,14 @@ from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import strategy_names
 from taps_ray.errors import TapsError
 from taps_ray.serving.config import PLAIN, ServeConfig, missing_folders
-from taps_ray.serving.live import LiveSnapshot, LiveStats, StepMeter, guard_of
+from taps_ray.serving.live import (
+    LiveSnapshot,
+    LiveStats,
+    ReplicaLoad,
+    StepMeter,
+    Throughput,
+    guard_of,
+)
 from taps_ray.serving.protocol import ApiError, GenerationRequest, bad
 from taps_ray.serving.text import StopText
 
@@ -63,8 +77,9 @@ class RunStats:
     speculative_steps: int = 0  # steps that verified a draft (the rest: the policy's plain steps)
     accepted: int = 0  # draft tokens accepted
     routes: Counter = field(default_factory=Counter)  # drafter name -> steps it was verified
-    first_token_s: float = 0.0  # time to the first token (prefill)
+    first_token_s: float = 0.0  # time to the first token (queue + prefill)
     wall_s: float = 0.0
+    gaps_s: list[float] = field(default_factory=list)  # seconds between consecutive chunks
     prefilled: bool = False  # the first chunk (prefill token) was seen
 
     @property
@@ -114,8 +129,29 @@ class Event:
     stats: RunStats | None = None  # set on the last event
 
 
+class Decoding:
+    """A started job: iterate for its Events (in one thread); `cancel()` from any thread ends it:
+    a batched sequence leaves the batch at the next step (its cache freed) and the events stop;
+    an unbatched one stops after its current step."""
+
+    def __init__(self, events: Iterator[Event], cancelled: threading.Event,
+                 leave: Callable[[], None]):
+        self.events, self.cancelled, self._leave = events, cancelled, leave
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.events
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._leave()
+
+
 class CompletionService:
-    """One replica's models and the rules requests are checked against."""
+    """One replica's models, the rules requests are checked against, and (batching) its batch.
+
+    With batching, `start()` starts the batch's decoding thread (load_service does) and
+    `close()` stops it; as a context manager it does both.
+    """
 
     def __init__(self, config: ServeConfig, target, drafters: list, plain_reason: str = "",
                  profile=None):
@@ -131,6 +167,44 @@ class CompletionService:
         self.failures = 0  # consecutive internal errors
         self.live = LiveStats(speculating=self.default_strategy != PLAIN)
         self.plain_rate: float | None = None  # plain tokens/s a guard measured last (a prior)
+        self.throughput = Throughput()
+        self._active = 0  # batching off: jobs decoding now
+        self._lock = threading.Lock()
+        self.scheduler = self._scheduler() if config.batched else None
+
+    def _scheduler(self):
+        from taps_ray.decoding.scheduler import BatchScheduler, BatchSettings
+
+        config = self.config
+        settings = BatchSettings(max_batch_size=config.max_batch_size,
+                                 max_queue=config.batch_queue,
+                                 prefill_chunk=config.prefill_chunk,
+                                 speculation=config.batch_speculation)
+        return BatchScheduler(self.target, settings, profile=self.profile)
+
+    def start(self) -> CompletionService:
+        """Start the batch's decoding thread (nothing to start without batching)."""
+        if self.scheduler is not None:
+            self.scheduler.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the batch (requests still in it end with an error)."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    def __enter__(self) -> CompletionService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self) -> ReplicaLoad:
+        """What the replica is doing now (for the batch size / queue gauges)."""
+        if self.scheduler is None:
+            return ReplicaLoad(self._active, 0, self.throughput.rate())
+        snap = self.scheduler.snapshot()  # running: in the batch, decoding or prefilling
+        return ReplicaLoad(snap.running, snap.queue_length, self.throughput.rate())
 
     @property
     def model_name(self) -> str:
@@ -169,31 +243,72 @@ class CompletionService:
         return Job(request, prompt_ids, max_tokens, sampling, seed, strategy, route_names, engine)
 
     def run(self, job: Job, progress: Callable[[LiveSnapshot], None] | None = None
-            ) -> Iterator[Event]:
-        """Decode `job`; the last event carries the finish reason and the stats. `progress`
-        receives the replica's live speed now and then (and after the last step)."""
-        start = time.perf_counter()
+            ) -> Decoding:
+        """Start decoding `job` (batching: it joins the replica's batch now, or ApiError 503 when
+        the batch's queue is full). The last event carries the finish reason and the stats.
+        `progress` receives the replica's live speed now and then (and after the last step)."""
+        start, cancelled = time.perf_counter(), threading.Event()
+        if self.scheduler is None:
+            chunks = self._chunks(job)
+            events = self._events(job, chunks, progress, start, cancelled, chunks.close)
+            return Decoding(events, cancelled, _nothing)
+        handle = self._submit(job)
+        events = self._events(job, handle.chunks(), progress, start, cancelled, handle.cancel)
+        return Decoding(events, cancelled, handle.cancel)
+
+    def _events(self, job: Job, chunks: Iterator[Chunk], progress, start: float,
+                cancelled: threading.Event, finish: Callable[[], None]) -> Iterator[Event]:
+        """Chunks -> Events (text cut at stop strings, stats). `finish` runs however it ends: a
+        stop string, a cancel or a reader that goes away frees the sequence at once."""
         stats = RunStats(len(job.prompt_ids), job.strategy)
         meter = StepMeter(self.live, job.policy, progress)
         tokens: list[int] = []
-        text = StopText(job.request.stop)
-        for chunk in self._chunks(job):
-            if not tokens:
-                stats.first_token_s = time.perf_counter() - start
-            step = bool(tokens)
-            tokens += chunk.tokens
-            stats.add(chunk, job.route_names)
-            decoded = self.target.tokenizer.decode(tokens, skip_special_tokens=True)
-            delta, stopped = text.feed(decoded, final=chunk.finish_reason is not None)
-            reason = "stop" if stopped else chunk.finish_reason
-            meter.chunk(len(chunk.tokens), step, final=reason is not None)
-            if reason is not None:
-                stats.wall_s = time.perf_counter() - start
-                self._remember(job.policy)
-                yield Event(delta, reason, stats)
-                return
-            if delta:
-                yield Event(delta)
+        text, last = StopText(job.request.stop), start
+        self._count(1)
+        try:
+            for chunk in chunks:
+                if cancelled.is_set():
+                    return
+                now = time.perf_counter()
+                if tokens:
+                    stats.gaps_s.append(now - last)
+                else:
+                    stats.first_token_s = now - start
+                step, last = bool(tokens), now
+                tokens += chunk.tokens
+                stats.add(chunk, job.route_names)
+                self.throughput.add(len(chunk.tokens), now)
+                decoded = self.target.tokenizer.decode(tokens, skip_special_tokens=True)
+                delta, stopped = text.feed(decoded, final=chunk.finish_reason is not None)
+                reason = "stop" if stopped else chunk.finish_reason
+                meter.chunk(len(chunk.tokens), step, final=reason is not None)
+                if reason is not None:
+                    stats.wall_s = time.perf_counter() - start
+                    self._remember(job.policy)
+                    yield Event(delta, reason, stats)
+                    return
+                if delta:
+                    yield Event(delta)
+        finally:
+            finish()
+            self._count(-1)
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            self._active += delta
+
+    def _submit(self, job: Job):
+        """The job's SequenceHandle in the batch; ApiError 503 when the queue is full."""
+        from taps_ray.decoding.scheduler import QueueFull, SequenceRequest
+
+        request = SequenceRequest(job.prompt_ids, job.sampling, job.max_tokens, self.stop_ids,
+                                  job.seed, job.engine)
+        try:
+            return self.scheduler.submit(request)
+        except QueueFull:
+            wait = math.ceil(self.config.retry_after_s)
+            raise ApiError(503, f"this replica's batch and queue are full; retry in {wait} s",
+                           None, "server_busy") from None
 
     def note_result(self, ok: bool) -> None:
         self.failures = 0 if ok else self.failures + 1
@@ -288,12 +403,17 @@ class CompletionService:
         return job.engine.stream(*args)
 
 
+def _nothing() -> None:
+    """An unbatched job has no batch to leave: its events stop at the next chunk."""
+
+
 def _model_context(target) -> int:
     return int(getattr(target.model.config, "max_position_embeddings", 0) or 2048)
 
 
 def load_service(config: ServeConfig, log: Callable[[str], None] = print) -> CompletionService:
-    """Load the target and drafters of a resolved config (once per replica).
+    """Load the target and drafters of a resolved config (once per replica); with batching,
+    the returned service's batch is running (close() stops it).
 
     With `missing_drafters: plain`, missing drafter folders are logged and the replica serves
     plain decoding; a restart picks the drafters up once they exist.
@@ -316,9 +436,9 @@ def load_service(config: ServeConfig, log: Callable[[str], None] = print) -> Com
         reason = f"drafter folders missing: {', '.join(missing)}"
         log(f"{reason}; serving plain decoding (strategy {PLAIN}) until they exist "
             "(restart the app to pick them up)")
-        return CompletionService(config, target, [], reason, profile)
+        return CompletionService(config, target, [], reason, profile).start()
     drafters = [load_drafter_spec(path, target) for path in config.drafters]
     log(f"serving {config.served_name} with drafters "
         f"{', '.join(d.meta.name for d in drafters) or '(none)'}, strategy {config.strategy}, "
-        f"policy {config.policy or 'adaptive'}")
-    return CompletionService(config, target, drafters, profile=profile)
+        f"policy {config.policy or 'adaptive'}, batching {config.batching}")
+    return CompletionService(config, target, drafters, profile=profile).start()

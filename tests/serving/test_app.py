@@ -1,9 +1,10 @@
 """The Serve app on loopback, driven by the official `openai` client, on the real default target.
 
-Serve starts once for the module with three apps: `open` at / (two untrained drafters saved to a
-tmp folder, route-confidence, the default adaptive speed policy, two decoding threads per
-replica), `secured` at /secured (a best configuration that chose plain decoding, API key from an
-env var) and `tight` (capacity limits). Greedy output through the service must equal the
+Serve starts once for the module with four apps: `open` at / (two untrained drafters saved to a
+tmp folder, route-confidence, the default adaptive speed policy, continuous batching), `secured`
+at /secured (a best configuration that chose plain decoding, API key from an env var), `tight`
+(a batch of one and a queue of one: the replica itself answers 503) and `tight-off` (one request
+at a time, Serve's queue limit answers 503). Greedy output through the service must equal the
 engine's; Ray exports the replicas' metrics on a known port, every second.
 """
 
@@ -79,7 +80,7 @@ def base_url(drafter_dirs, metrics_port, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = dict(replica_cpus=0.5, torch_threads=1, max_tokens_limit=64, default_max_tokens=16)
     serve.run(build_app(dict(drafters=drafter_dirs, strategy="route-confidence", tree=_tree(),
-                             max_context=256, engines_per_replica=2, **common)),
+                             max_context=256, max_batch_size=8, **common)),
               name="open", route_prefix="/")
     plain_best = tmp_path_factory.mktemp("best") / "best_config.yaml"
     plain_best.write_text(yaml.safe_dump({"strategy": "plain", "drafters": drafter_dirs,
@@ -87,9 +88,15 @@ def base_url(drafter_dirs, metrics_port, tmp_path_factory):
     serve.run(build_app(dict(api_key_env=KEY_ENV, model_name="secured",
                              best_config=str(plain_best), **common)),
               name="secured", route_prefix="/secured")
-    # one request decoding, one waiting: the rest must be turned away with 503 + Retry-After
-    serve.run(build_app(dict(model_name="tight", max_ongoing_requests=1, max_queued_requests=1,
-                             retry_after_s=3, **common)), name="tight", route_prefix="/tight")
+    # one request decoding, one waiting: the rest must be turned away with 503 + Retry-After,
+    # by the replica's batch queue (tight: Serve sends it up to 8) or by Serve's queue
+    serve.run(build_app(dict(model_name="tight", max_batch_size=1, batch_queue=1,
+                             max_ongoing_requests=8, max_queued_requests=1, retry_after_s=3,
+                             **{**common, "max_tokens_limit": 1024})),
+              name="tight", route_prefix="/tight")
+    serve.run(build_app(dict(model_name="tight-off", batching="off", max_ongoing_requests=1,
+                             max_queued_requests=1, retry_after_s=3, **common)),
+              name="tight-off", route_prefix="/tight-off")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -207,6 +214,9 @@ def test_metrics_show_live_speed_and_speculation(client, base_url, metrics_port)
     assert dict(values["ray_taps_speculating"])["secured"] == 0  # plain best configuration
     assert dict(values["ray_taps_speculating"])["open"] in (0, 1)  # the guard's current choice
     assert dict(values["ray_taps_live_tokens_per_step"])["open"] >= 1
+    for name in ("ray_taps_batch_size", "ray_taps_queue_length", "ray_taps_replica_tokens_per_s",
+                 "ray_taps_inter_token_latency_s_count"):  # the replica's load, every second
+        assert "open" in dict(_samples(text, name)), name
 
 
 def _samples(text: str, name: str) -> list[tuple[str, float]]:
@@ -340,9 +350,10 @@ def test_requests_run_concurrently(client):
     assert spans[0][1] < spans[1][2] and spans[1][1] < spans[0][2]
 
 
-def test_beyond_capacity_is_503_with_retry_after(base_url):
-    url = f"{base_url}/tight/v1/completions"
-    body = {"model": "tight", "prompt": "Count from 1 to 100:", "max_tokens": 48}
+@pytest.mark.parametrize("app", ["tight", "tight-off"])
+def test_beyond_capacity_is_503_with_retry_after(base_url, app):
+    url = f"{base_url}/{app}/v1/completions"
+    body = {"model": app, "prompt": "Count from 1 to 100:", "max_tokens": 48}
     answers: list[tuple[int, str | None]] = []
 
     def send() -> None:
@@ -364,10 +375,64 @@ def test_beyond_capacity_is_503_with_retry_after(base_url):
     assert statuses.count(200) >= 1 and statuses.count(503) >= 4, statuses
     assert set(statuses) <= {200, 503}
     assert all(after == "3" for code, after in answers if code == 503)
-    client = openai.OpenAI(base_url=f"{base_url}/tight/v1", api_key="unused", max_retries=0,
+    client = openai.OpenAI(base_url=f"{base_url}/{app}/v1", api_key="unused", max_retries=0,
                            timeout=120)
-    assert client.completions.create(model="tight", prompt="Hi", max_tokens=2).usage \
+    assert client.completions.create(model=app, prompt="Hi", max_tokens=2).usage \
         .completion_tokens == 2  # capacity is back once the burst is done
+
+
+def test_concurrent_streams_and_bad_requests_mid_batch(client, base_url, target):
+    """8 streams of different lengths decode together, each exactly as alone (T = 0), while
+    malformed requests sent mid-batch get 400 and disturb none of them."""
+    asks = [(f"{'Please, ' * i}count from 1 to {5 + 3 * i}.", 3 + i, "none" if i % 2 else None)
+            for i in range(8)]
+    texts: dict[int, str] = {}
+    started = threading.Event()
+
+    def stream(i: int) -> None:
+        content, max_tokens, strategy = asks[i]
+        extra = {"extra_body": {"strategy": strategy}} if strategy else {}
+        parts = []
+        for chunk in chat(client, content, max_tokens=max_tokens, stream=True, **extra):
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+                started.set()
+        texts[i] = "".join(parts)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    started.wait(120)
+    bad = [post(base_url + CHAT_URL, body)[0] for body in (
+        b"{not json", {"messages": USER, "max_tokens": 0}, {"messages": USER, "top_p": 2})]
+    for t in threads:
+        t.join()
+    assert bad == [400, 400, 400]
+    for i, (content, max_tokens, _) in enumerate(asks):
+        prompt = render_prompt(target.tokenizer, (Message("user", content),))
+        tokens = generate_plain(target, prompt, SamplingParams(), max_tokens).tokens
+        assert texts[i] == target.tokenizer.decode(tokens, skip_special_tokens=True), i
+
+
+def test_a_client_closing_its_stream_leaves_the_batch(base_url, metrics_port):
+    tight = openai.OpenAI(base_url=f"{base_url}/tight/v1", api_key="unused", max_retries=0,
+                          timeout=120)
+    stream = tight.completions.create(model="tight", prompt="1, 2, 3, 4, 5,", max_tokens=1000,
+                                      temperature=0, stream=True)
+    deadline = time.monotonic() + 45  # decoding all 1000 tokens takes far longer
+    for _ in stream:  # until /metrics shows the sequence in the batch (published every second)
+        if _batch_sizes(metrics_port).get("tight") == 1:
+            break
+        assert time.monotonic() < deadline, "the batch-size gauge never showed the stream"
+    stream.close()
+    while (sizes := _batch_sizes(metrics_port)).get("tight") != 0:
+        assert time.monotonic() < deadline, f"the closed stream still decodes: {sizes}"
+        time.sleep(1)
+
+
+def _batch_sizes(metrics_port: int) -> dict[str, float]:
+    text = post(f"http://127.0.0.1:{metrics_port}/metrics", b"", method="GET")[1]
+    return dict(_samples(text, "ray_taps_batch_size"))
 
 
 def test_api_key(base_url):

@@ -80,6 +80,27 @@ def test_deployment_options():
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 3
 
 
+def test_batching_keys_and_the_replica_capacity_they_imply():
+    batched = ServeConfig()
+    assert batched.batched and batched.max_batch_size == 16
+    assert deployment_options(batched)["max_ongoing_requests"] == 16 + batched.batch_queue
+    assert batched.decode_threads == 16 + batched.batch_queue  # one reader per held request
+    small = ServeConfig(max_batch_size=2, batch_queue=1, max_ongoing_requests=8)
+    assert deployment_options(small)["max_ongoing_requests"] == 8
+    off = ServeConfig(batching="off", engines_per_replica=2)
+    assert deployment_options(off)["max_ongoing_requests"] == 4 and off.decode_threads == 2
+    assert ServeConfig(batching="off", max_ongoing_requests=1).ongoing_limit == 1
+    # YAML 1.1 reads an unquoted `off` as false: that still means batching off
+    assert load_serve_config(yaml.safe_load("batching: off")).batching == "off"
+    with pytest.raises(TapsError, match=r"max_ongoing_requests \(4\) is below max_batch_size "
+                       r"\(16\).*raise it, lower max_batch_size"):
+        load_serve_config({"max_ongoing_requests": 4})
+    for bad in ({"max_batch_size": 0}, {"batch_queue": -1}, {"prefill_chunk": 0},
+                {"batching": "dynamic"}):
+        with pytest.raises(TapsError, match=next(iter(bad))):
+            load_serve_config(bad)
+
+
 def test_default_app_config_resolves():
     http, apps = read_plan(REPO / "serve_apps" / "default.yaml", [])
     assert http == {"host": "127.0.0.1", "port": 8000}
@@ -87,6 +108,10 @@ def test_default_app_config_resolves():
     assert config.strategy == "route-confidence" and config.missing_drafters == "plain"
     assert config.served_name == "smollm2-135m-instruct"
     assert config.drafters[0].endswith("runs/quickstart/drafters/math-eagle2")
+    assert (config.batching, config.num_replicas, config.torch_threads) == ("continuous", 1, 2)
+    _, apps = read_plan(REPO / "serve_apps" / "one_at_a_time.yaml", [])
+    earlier = resolve_config(load_serve_config(apps[0]["args"]), cwd=REPO)
+    assert (earlier.batching, earlier.num_replicas, earlier.ongoing_limit) == ("off", 2, 4)
 
 
 def test_every_shipped_serve_app_is_valid():

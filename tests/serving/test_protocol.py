@@ -26,6 +26,9 @@ def test_chat_defaults_and_extras():
     assert (req.max_tokens, req.temperature, req.stop, req.seed) == (5, 0.0, ("\n",), 3)
     assert req.strategy == "merged" and req.drafters == ("a", "b")
     assert parse_chat(CHAT).temperature == 1.0  # OpenAI's default
+    # logits / 1e-45 overflow: temperatures that small decode greedily instead of failing
+    assert parse_chat({**CHAT, "temperature": 1e-45}).temperature == 0.0
+    assert parse_chat({**CHAT, "temperature": 1e-3}).temperature == 1e-3
 
 
 def test_content_parts_and_max_completion_tokens():

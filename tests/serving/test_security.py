@@ -121,7 +121,8 @@ def service():
     target = dataclasses.replace(tiny_target("llama", vocab=32), tokenizer=DigitTokenizer())
     config = ServeConfig(target="tiny", api_key_env=KEY_ENV, max_tokens_limit=16,
                          default_max_tokens=4)
-    return CompletionService(config, target, [])
+    with CompletionService(config, target, []) as svc:  # batched: the batch runs until the end
+        yield svc
 
 
 def test_a_wrong_key_gets_401_and_generates_nothing(service, caplog):

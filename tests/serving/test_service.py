@@ -1,4 +1,5 @@
-"""The serving core on a tiny random target (no Ray): checks, decoding parity, stats, health."""
+"""The serving core on a tiny random target (no Ray): checks, decoding parity, stats, health.
+These run the unbatched mode (`batching: off`); tests/serving/test_batching.py the batched one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from taps_ray.serving.service import CompletionService, stream_plain
 from tests.tiny import tiny_target
 
 TREE = TreeConfig(6, 3, 3)
+UNBATCHED = ServeConfig(target="tiny", batching="off")
 PROMPT = (1, 2, 3, 4, 5)
 
 
@@ -47,7 +49,7 @@ def drafters(target):
 
 def service(target, drafters, **overrides) -> CompletionService:
     config = ServeConfig(target="tiny", strategy="route-confidence", tree=TREE,
-                         max_tokens_limit=32, default_max_tokens=8, **overrides)
+                         max_tokens_limit=32, default_max_tokens=8, batching="off", **overrides)
     return CompletionService(config, target, drafters)
 
 
@@ -116,7 +118,7 @@ def test_requests_refused_with_the_field(target, drafters, fields, status, param
 
 
 def test_plain_only_service_refuses_strategies(target):
-    svc = CompletionService(ServeConfig(target="tiny"), target, [], "drafters missing")
+    svc = CompletionService(UNBATCHED, target, [], "drafters missing")
     assert svc.default_strategy == "none" and svc.describe()["strategies"] == ["none"]
     with pytest.raises(ApiError, match="no drafters loaded \\(drafters missing\\)"):
         svc.prepare(request(strategy="single"))
@@ -142,7 +144,7 @@ def test_health_fails_after_repeated_internal_errors(target, drafters):
 
 def test_duplicate_drafter_names_are_refused(target, drafters):
     with pytest.raises(Exception, match="distinct names"):
-        CompletionService(ServeConfig(target="tiny"), target, [drafters[0], drafters[0]])
+        CompletionService(UNBATCHED, target, [drafters[0], drafters[0]])
 
 
 def test_load_service_falls_back_to_plain_until_drafters_exist(target, drafters, tmp_path,
@@ -153,7 +155,7 @@ def test_load_service_falls_back_to_plain_until_drafters_exist(target, drafters,
     monkeypatch.setattr("taps_ray.models.target.load_target", lambda *a, **k: target)
     paths = [str(tmp_path / d.meta.name) for d in drafters]
     config = ServeConfig(target="tiny", drafters=paths, strategy="route-confidence",
-                         missing_drafters="plain")
+                         missing_drafters="plain", batching="off")
     logged = []
     svc = load_service(config, log=logged.append)
     assert svc.default_strategy == "none" and not svc.drafters
@@ -192,7 +194,7 @@ def test_guard_fallback_reaches_the_live_stats(target, drafters):
     live = svc.live.snapshot()
     assert live.fallbacks >= 1 and not live.speculating
     assert last.stats.routes["none"] == last.stats.steps - last.stats.speculative_steps > 0
-    plain = CompletionService(ServeConfig(target="tiny"), target, [])
+    plain = CompletionService(UNBATCHED, target, [])
     run(plain, request(max_tokens=3))
     assert not plain.live.snapshot().speculating
 
@@ -204,7 +206,8 @@ def test_load_service_reads_this_machines_profile(target, drafters, tmp_path, mo
 
     monkeypatch.setenv("TAPS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr("taps_ray.models.target.load_target", lambda *a, **k: target)
-    config = ServeConfig(target="tiny", drafters=["prompt-lookup"], strategy="single")
+    config = ServeConfig(target="tiny", drafters=["prompt-lookup"], strategy="single",
+                         batching="off")
     logged = []
     assert load_service(config, log=logged.append).profile is None
     assert "taps-ray calibrate` would give it a head start" in logged[0]
