@@ -61,10 +61,11 @@ class SequenceSpeed:
     decay: float = 0.7
 
     def observe(self, plan, committed: int) -> None:
-        """After a step of this sequence (an engine.StepPlan); plain steps teach nothing."""
-        if not plan.proposal.drafted:
-            return
+        """After a step of this sequence (an engine.StepPlan); steps that verified no draft
+        token teach nothing."""
         q = plan.tokens.numel()
+        if q == 1:
+            return
         if self.tau is None:
             self.tau, self.draft_s, self.verify_tokens = float(committed), plan.draft_s, q
             return
@@ -149,9 +150,13 @@ class BatchSpeedChooser:
         if speculation_pays(speeds, self.cost, self.margin):
             self.backoff = self.base_backoff
             return True
+        self._back_off()
+        return False
+
+    def _back_off(self) -> None:
+        """Plain for the next `backoff` steps; the next failed probe waits twice as long."""
         self.plain_left = self.backoff
         self.backoff = min(self.backoff * 2, self.max_backoff)
-        return False
 
     def cut(self, plans: list, engines: Sequence) -> list:
         """Cut the drafted trees (engine.StepPlan) to the batch's best common cap."""
@@ -174,6 +179,9 @@ class BatchSpeedChooser:
                     for p, e, c in zip(plans, engines, confs, strict=True)]
         cap = best_batch_cap(confs, scales, fixed, self.cost,
                              sum(p.draft_s for p in plans))
+        drafted = any(c is not None and c.numel() for c in confs)
+        if cap == 0 and drafted:  # not even the best node pays: as a lost prediction
+            self._back_off()
         return [p.cut(cap) if c is not None else p for p, c in zip(plans, confs, strict=True)]
 
     def observe(self, rows: int, q: int, forward_s: float) -> None:

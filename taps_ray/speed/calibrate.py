@@ -7,6 +7,8 @@ rewound after each run so every run sees the same KV length:
     Tv(n)   tree mask/positions of an n-token tree, TargetRunner.verify, the root's LM-head row
             and the tree's child lists (what greedy verification reads), at each KV length
     rounds  DrafterSession.draft_rounds driven as `draft` drives it, at each frontier width
+    Tb(B,q) BatchedRunner.forward of B rows (KV `ref_kv_len` each) of q tokens each (a tree
+            per row) and the B roots' LM-head rows: continuous batching's verify cost
     others  prompt lookup's `draft`, route scoring and trie merging of default-shape trees, and
             the engine's per-step bookkeeping from a short real speculative run
 """
@@ -49,6 +51,8 @@ class CalibrationSettings:
     overhead_trees: int = 2  # trees scored / merged per overhead timing
     step_tokens: int = 16  # new tokens of the real run that measures per-step bookkeeping
     seed: int = 0  # random token ids and synthetic trees
+    batch_rows: tuple[int, ...] = (1, 2, 4, 8, 16)  # batch sizes B of Tb(B, q)
+    batch_q: tuple[int, ...] = (1, 2, 4, 8, 16)  # tokens per row q of Tb(B, q)
 
     def __post_init__(self) -> None:
         for name in ("ref_kv_len", "repeats", "draft_depth", "overhead_trees", "step_tokens"):
@@ -56,7 +60,7 @@ class CalibrationSettings:
                 raise TapsError(f"calibration {name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise TapsError(f"calibration warmup must be >= 0, got {self.warmup}")
-        for name in ("kv_lens", "n_list", "widths"):
+        for name in ("kv_lens", "n_list", "widths", "batch_rows", "batch_q"):
             values = getattr(self, name)
             if not values or min(values) < 1:
                 raise TapsError(f"calibration {name} must be a non-empty list of integers >= 1, "
@@ -66,7 +70,8 @@ class CalibrationSettings:
     def quick(cls) -> CalibrationSettings:
         """A few seconds on a tiny model: smoke tests, not numbers to use."""
         return cls(kv_lens=(16, 48), ref_kv_len=32, n_list=(1, 2, 4, 8), widths=(1, 2, 4),
-                   repeats=3, warmup=1, draft_depth=2, step_tokens=4)
+                   repeats=3, warmup=1, draft_depth=2, step_tokens=4, batch_rows=(1, 2, 4),
+                   batch_q=(1, 4))
 
 
 def median_seconds(run: Callable[[], object], settings: CalibrationSettings,
@@ -112,6 +117,7 @@ def calibrate(
     ctx = _Context(runner, settings, _sync_for(runner.device), say)
     t1 = ctx.plain_step()
     verify = {kv: ctx.verify_curve(kv) for kv in settings.kv_lens}
+    batch = ctx.batch_table()
     everyone = {DRAFTER_NAME: PromptLookupDrafter(), **drafters}
     rounds, calls = {}, {}
     for name, drafter in everyone.items():
@@ -123,6 +129,7 @@ def calibrate(
         t1_s=t1, verify_s=verify, draft_round_s=rounds, overhead_s=overheads,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         git_rev=git_rev(), ref_kv_len=settings.ref_kv_len, draft_call_s=calls,
+        batch_verify_s=batch,
     )
 
 
@@ -173,6 +180,34 @@ class _Context:
             runner.logits(feats[:1]).argmax(-1).item()
 
         return self.time(f"Tv(n={n}), kv {kv}", run, lambda: runner.commit(kv, _EMPTY))
+
+    def batch_table(self) -> dict[int, dict[int, float]]:
+        """Tb(B, q) for every B in batch_rows and q in batch_q, at ref_kv_len per row."""
+        import copy
+
+        from taps_ray.decoding.batch import BatchedRunner
+
+        kv = self.settings.ref_kv_len
+        self.runner.prefill(self.ids(kv))
+        table = {}
+        for rows in self.settings.batch_rows:
+            batch = BatchedRunner(self.runner.model)
+            for _ in range(rows):  # every row its own copy of one prefilled prompt
+                batch.add(copy.deepcopy(self.runner.cache), kv)
+            table[rows] = {q: self.batch_one(batch, q) for q in self.settings.batch_q}
+        return table
+
+    def batch_one(self, batch, q: int) -> float:
+        tree = probe_tree(q - 1, self.ids(q - 1))
+        blocks = [torch.cat([self.ids(1), tree.tokens]), tree_position_offsets(tree),
+                  tree_attention_mask(tree)]
+
+        def run() -> None:
+            feats = batch.forward(*([b] * batch.size for b in blocks))
+            batch.logits(feats[:, 0]).argmax(-1).tolist()  # every row's root
+
+        return self.time(f"Tb(B={batch.size}, q={q}), kv {self.settings.ref_kv_len}", run,
+                         batch.discard)
 
     def drafter_costs(self, name: str, drafter) -> tuple[dict[int, float], float]:
         """(seconds per round by width, seconds per draft outside rounds) of one drafter."""

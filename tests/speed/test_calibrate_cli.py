@@ -54,6 +54,8 @@ def test_quick_calibration_writes_a_valid_profile(tiny_folder, drafter_dirs, cac
     assert profile.t1_s > 0 and profile.tv(6) > 0
     assert set(profile.overhead_s) == {"route", "merge", "logits_row", "step"}
     assert profile.draft_s("prompt-lookup", TreeConfig()) > 0  # measured, near zero
+    assert sorted(profile.batch_verify_s) == [1, 2, 4]  # Tb(B, q), the quick grid
+    assert sorted(profile.batch_verify_s[4]) == [1, 4] and profile.tb(3, 2) > 0
 
 
 def test_table_output(cache, capsys):

@@ -95,3 +95,27 @@ def test_plot_is_a_png(tmp_path):
     plot = verify_curve_plot(hand_profile())
     assert plot.png.startswith(b"\x89PNG") and "Verify cost" in plot.title
     assert save_verify_curve(hand_profile(), tmp_path / "v.png").read_bytes() == plot.png
+
+
+def test_batched_verify_table_round_trips_and_interpolates(tmp_path, profile):
+    profile.batch_verify_s = {1: {1: 0.05, 16: 0.09}, 4: {1: 0.07, 16: 0.23}}
+    path = save_profile(profile, tmp_path / "p.json")
+    again = load_profile(path)
+    assert again.batch_verify_s == profile.batch_verify_s
+    assert again.tb(1, 1) == pytest.approx(0.05)
+    assert again.tb(4, 16) == pytest.approx(0.23)
+    assert again.tb(2, 1) == pytest.approx(0.05 + 0.02 / 3)  # linear in B
+    assert again.tb(4, 8.5) == pytest.approx(0.15)  # linear in q
+    assert again.tb(8, 1) == pytest.approx(0.07 + 0.02 / 3 * 4)  # extrapolated in B
+
+
+def test_profiles_without_a_batched_table_still_load(tmp_path, profile):
+    from taps_ray.speed.profile import profile_to_dict
+
+    data = profile_to_dict(profile)
+    del data["batch_verify_s"]  # written before continuous batching
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = load_profile(path)
+    assert old.batch_verify_s == {}
+    assert old.tb(4, 2) == pytest.approx(old.tv(8))  # the batch as one block of B * q tokens
