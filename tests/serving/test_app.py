@@ -4,8 +4,8 @@ Serve starts once for the module with four apps: `open` at / (two untrained draf
 tmp folder, route-confidence, the default adaptive speed policy, continuous batching), `secured`
 at /secured (a best configuration that chose plain decoding, API key from an env var), `tight`
 (a batch of one and a queue of one: the replica itself answers 503) and `tight-off` (one request
-at a time, Serve's queue limit answers 503). Greedy output through the service must equal the
-engine's; Ray exports the replicas' metrics on a known port, every second.
+at a time, Serve's queue limit answers 503). Greedy output through the service must equal plain
+decoding's; Ray exports the replicas' metrics on a known port, every second.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import yaml
 from taps_ray.config.schema import TreeConfig
 from taps_ray.data.records import Message
 from taps_ray.data.render import render_prompt
-from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
+from taps_ray.decoding.engine import generate_plain
 from taps_ray.decoding.sampling import SamplingParams
-from taps_ray.models.drafter import load_drafter, save_drafter, untrained_drafter
+from taps_ray.models.drafter import save_drafter, untrained_drafter
 
 openai = pytest.importorskip("openai")
 
@@ -110,12 +110,6 @@ def client(base_url):
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def engine(target, drafter_dirs):
-    drafters = [load_drafter(p, target) for p in drafter_dirs]
-    return SpeculativeEngine(target, drafters, TREE, "route-confidence")
-
-
 def _tree() -> dict:
     return dataclasses.asdict(TREE)
 
@@ -156,10 +150,10 @@ def test_models_and_healthz(client, base_url):
     assert post(f"{base_url}/healthz", b"", method="GET") == (200, {"status": "ok"})
 
 
-def test_chat_greedy_equals_engine(client, target, engine):
+def test_chat_greedy_equals_plain_decoding(client, target):
     response = chat(client)  # the adaptive policy may cut trees or decode plainly: lossless
     prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
-    result = engine.generate(prompt, SamplingParams(), 12)
+    result = generate_plain(target, prompt, SamplingParams(), 12)  # the same request, plainly
     expected = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
     assert response.choices[0].message.content == expected
     usage, extra = response.usage, response.usage.model_extra
@@ -242,10 +236,10 @@ def test_chat_streaming_matches_whole_response(client):
     assert "tau" in chunks[-1].usage.model_extra
 
 
-def test_completions_and_streaming(client, target, engine):
+def test_completions_and_streaming(client, target):
     prompt = "The capital of France is"
     response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0)
-    result = engine.generate(target.tokenizer(prompt)["input_ids"], SamplingParams(), 8)
+    result = generate_plain(target, target.tokenizer(prompt)["input_ids"], SamplingParams(), 8)
     expected = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
     assert response.choices[0].text == expected
     stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0,
