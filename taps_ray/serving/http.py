@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from taps_ray.serving.events import Decoding, Event
 from taps_ray.serving.metrics import Metrics
 from taps_ray.serving.protocol import (
     DONE,
@@ -37,7 +38,7 @@ from taps_ray.serving.protocol import (
     parse_json,
     sse,
 )
-from taps_ray.serving.service import CompletionService, Decoding, Event, Job
+from taps_ray.serving.service import CompletionService, Job
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logs capture this logger
 _END = object()  # end of a decoding thread's events

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from taps_ray.serving.events import RunStats
 from taps_ray.serving.live import LiveSnapshot, ReplicaLoad
-from taps_ray.serving.service import RunStats
 
 _LATENCY_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
 _TAU = [0.5, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 8]
