@@ -1,12 +1,23 @@
-"""Combination strategies: parity with `single`, lossless at T = 0 and T > 0, replay == live."""
+"""Combination strategies: parity with `single`, lossless at T = 0 and T > 0, replay == live.
+
+Every lossless and replay test runs with drafters the target accepts (tests/accepted.py) and
+asserts the acceptance it reached, so a strategy that lost or skewed accepted tokens fails:
+- T = 0: token-exact against plain greedy decoding, over several prompts of 40 tokens;
+- T > 0: the transition counts of long sampled outputs of a Markov target follow its exact law
+  (chi-square), over hundreds of speculative steps per case.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
 from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding.adaptive import AdaptivePolicy, GuardSettings, SpeedGuard
 from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
+from taps_ray.decoding.prompt_lookup import PromptLookupDrafter
 from taps_ray.decoding.proposer import DrafterSession, draft_many
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import make_strategy, strategy_names
@@ -14,43 +25,115 @@ from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
 from taps_ray.evaluation.replay import ReplayPrompt, replay, teacher_features
 from taps_ray.models.drafter import untrained_drafter
-from tests.decoding.test_engine import hf_greedy
-from tests.decoding.test_engine_sampling import (
-    PROMPT,
-    TRIALS,
-    VOCAB,
-    exact_pair_law,
-    p_value,
-    sampled_pairs,
+from tests.accepted import (
+    assert_accepted,
+    markov_target,
+    one_layer_target,
+    oracle_drafter,
+    routes,
+    transition_counts,
+    transition_law,
+    transition_p_value,
 )
+from tests.decoding.conftest import SPECIALIST_NEW
 from tests.tiny import tiny_target
 
 GREEDY = SamplingParams()
-TREE = TreeConfig(20, 3, 6)
+SAMPLED = SamplingParams(temperature=1.0)
+TREE = TreeConfig(20, 3, 6)  # parity and behaviour tests (untrained heads)
+GREEDY_TREE = TreeConfig(12, 3, 3)  # paths up to depth 4
+SAMPLED_TREE = TreeConfig(8, 2, 3)  # paths up to depth 3
+NEW = 40  # tokens per greedy run
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
 
-# (strategy, options) for every combination strategy
-COMBINED = [
-    ("average", {}),
-    ("route-confidence", {"granularity": "step"}),
-    ("route-confidence", {"granularity": "prompt"}),
-    ("route-entropy", {"granularity": "step"}),
-    ("route-entropy", {"granularity": "prompt"}),
-    ("merged", {"budget": "sum"}),
-    ("merged", {"budget": "matched"}),
-    ("bandit", {}),
-]
-IDS = [f"{n}-{'-'.join(map(str, o.values()))}" for n, o in COMBINED]
+SAMPLED_RUNS, SAMPLED_NEW = 10, 100  # sampled runs per case: ~1,000 transitions
 
 
-def prompts(n: int = 3) -> list[list[int]]:
+@dataclass(frozen=True)
+class Case:
+    """A decoding path under test: strategy, options, which drafters, which speed policy."""
+
+    strategy: str
+    options: dict = field(default_factory=dict)
+    drafters: str = "pair"  # pair: good + weak oracle; weak-first; one; lookup; lookup+oracle
+    policy: str = "fixed"  # fixed | cut (adaptive trees) | fallback (guard forced to plain)
+    greedy_tau: float = 2.0  # acceptance each case must reach (measured well above)
+    sampled_tau: float = 1.8
+
+
+CASES = {
+    "single": Case("single", drafters="one", greedy_tau=3.0),
+    "average": Case("average"),
+    "route-confidence-step": Case("route-confidence", {"granularity": "step"}),
+    "route-confidence-prompt": Case("route-confidence", {"granularity": "prompt"}),
+    "route-entropy-step": Case("route-entropy", {"granularity": "step"}),
+    "route-entropy-prompt": Case("route-entropy", {"granularity": "prompt"}),
+    "merged-sum": Case("merged", {"budget": "sum"}, greedy_tau=3.0),
+    "merged-matched": Case("merged", {"budget": "matched"}, greedy_tau=3.0),
+    "bandit": Case("bandit", drafters="weak-first"),
+    "prompt-lookup": Case("single", drafters="lookup", greedy_tau=3.0, sampled_tau=1.4),
+    "merged-lookup-oracle": Case("merged", {"budget": "sum"}, drafters="lookup+oracle"),
+    "adaptive-cut": Case("single", drafters="one", policy="cut", greedy_tau=2.5),
+    "fallback-plain": Case("single", drafters="one", policy="fallback", greedy_tau=2.5),
+}
+COMBINED = [k for k, c in CASES.items() if c.drafters in ("pair", "weak-first")]
+
+
+def drafter_set(case: Case, target, noises: tuple[float, float]) -> list:
+    good, weak = (oracle_drafter(target, n, seed=s) for s, n in enumerate(noises, 1))
+    return {"pair": [good, weak], "weak-first": [weak, good], "one": [good],
+            "lookup": [PromptLookupDrafter()],
+            "lookup+oracle": [weak, PromptLookupDrafter()]}[case.drafters]
+
+
+class LosingGuard(SpeedGuard):
+    """A guard that always measures plain decoding faster: speculation goes off after every
+    2-step window and is probed again after 2 plain steps."""
+
+    def __init__(self):
+        super().__init__(GuardSettings(window=2, plain_probe=1, backoff=2, max_backoff=2),
+                         plain_rate=1e9)
+
+    def observe(self, committed: int, seconds: float) -> None:
+        super().observe(committed, seconds)
+        self.plain_rate = 1e9
+
+
+def policy_for(case: Case):
+    if case.policy == "cut":  # verify cost 1 + n/4 step units: cuts low-confidence nodes
+        return AdaptivePolicy(verify_cost=lambda n: 1.0 + 0.25 * n, guard=None)
+    if case.policy == "fallback":
+        return AdaptivePolicy(guard=LosingGuard(), cut=False)
+    return None
+
+
+def engine_for(case: Case, target, noises, tree: TreeConfig) -> SpeculativeEngine:
+    return SpeculativeEngine(target, drafter_set(case, target, noises), tree, case.strategy,
+                             policy=policy_for(case), **case.options)
+
+
+def check_paths(case: Case, results, tree: TreeConfig) -> None:
+    """What the case's decoding path must show beyond acceptance."""
+    steps = [s for r in results for s in r.steps]
+    if case.strategy == "bandit":  # starts on the weak head, must move to the good one
+        counts = [sum(s.route == i for s in steps) for i in (0, 1)]
+        assert counts[0] > 0 and counts[1] > counts[0], f"bandit routes {counts}"
+    if case.policy == "cut":
+        assert min(s.verify_tokens for s in steps) < tree.total_tokens + 1
+    if case.policy == "fallback":
+        plain = [s for s in steps if not s.speculative]
+        assert len(plain) >= len(steps) // 4 and all(s.verify_tokens == 1 for s in plain)
+
+
+def prompts(n: int = 3, vocab: int = 32) -> list[list[int]]:
     return [
-        torch.randint(0, 32, (8 + k,), generator=torch.Generator().manual_seed(k)).tolist()
+        torch.randint(0, vocab, (8 + k,), generator=torch.Generator().manual_seed(k)).tolist()
         for k in range(n)
     ]
 
 
-def run(target, drafters, strategy, options, prompt, max_new=30):
-    engine = SpeculativeEngine(target, drafters, TREE, strategy, **options)
+def run(target, drafters, strategy, options, prompt, max_new=30, tree=TREE):
+    engine = SpeculativeEngine(target, drafters, tree, strategy, **options)
     return engine.generate(prompt, GREEDY, max_new, stop_token_ids=set())
 
 
@@ -79,36 +162,41 @@ def test_merge_trees_shares_identical_paths_and_keeps_the_best_score():
 def test_merging_one_tree_or_copies_returns_it():
     tree = DraftTree.make_dummy([-1, -1, 0, 1, 2])
     for merged in (merge_trees([tree]), merge_trees([tree, tree, tree], total_tokens=5)):
-        for field in ("tokens", "parents", "scores"):
-            assert torch.equal(getattr(merged, field), getattr(tree, field))
+        for field_name in ("tokens", "parents", "scores"):
+            assert torch.equal(getattr(merged, field_name), getattr(tree, field_name))
 
 
 # --- parity with single -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("strategy", "options"),
-    [(n, o) for n, o in COMBINED if n != "average"] + [("average", {})],
-)
-def test_over_one_drafter_equals_single(strategy, options):
-    target = tiny_target("llama")
-    drafter = untrained_drafter(target, seed=3)
+@pytest.mark.parametrize("name", COMBINED)
+def test_over_one_drafter_equals_single(name):
+    case = CASES[name]
+    target = one_layer_target()
+    drafter = oracle_drafter(target, 0.06, seed=3)
+    singles = []
     for prompt in prompts():
-        single = run(target, [drafter], "single", {}, prompt)
-        other = run(target, [drafter], strategy, options, prompt)
+        single = run(target, [drafter], "single", {}, prompt, tree=GREEDY_TREE)
+        other = run(target, [drafter], case.strategy, case.options, prompt, tree=GREEDY_TREE)
         assert other.tokens == single.tokens
         assert [s.accepted for s in other.steps] == [s.accepted for s in single.steps]
         assert [s.verify_tokens for s in other.steps] == [s.verify_tokens for s in single.steps]
+        singles.append(single)
+    assert_accepted(singles, 2.0, 3)
 
 
 def test_merged_matched_over_copies_of_one_drafter_equals_single():
-    target = tiny_target("qwen3")
-    drafter = untrained_drafter(target, seed=4)
+    target = one_layer_target("qwen3")
+    drafter = oracle_drafter(target, 0.06, seed=4)
+    singles = []
     for prompt in prompts():
-        single = run(target, [drafter], "single", {}, prompt)
-        merged = run(target, [drafter] * 3, "merged", {"budget": "matched"}, prompt)
+        single = run(target, [drafter], "single", {}, prompt, tree=GREEDY_TREE)
+        merged = run(target, [drafter] * 3, "merged", {"budget": "matched"}, prompt,
+                     tree=GREEDY_TREE)
         assert [s.accepted for s in merged.steps] == [s.accepted for s in single.steps]
         assert [s.verify_tokens for s in merged.steps] == [s.verify_tokens for s in single.steps]
+        singles.append(single)
+    assert_accepted(singles, 2.0, 3)
 
 
 def test_merged_sum_verifies_more_and_matched_verifies_one_trees_budget():
@@ -143,55 +231,101 @@ def test_draft_many_equals_separate_drafts():
         torch.testing.assert_close(a.scores, b.scores)
 
 
-# --- lossless ---------------------------------------------------------------------------------
+# --- lossless at T = 0: token-exact with accepted drafts --------------------------------------
 
 
-@pytest.mark.parametrize(("strategy", "options"), COMBINED, ids=IDS)
-def test_greedy_equals_plain_decoding_with_three_drafters(strategy, options):
-    target = tiny_target("qwen2")
-    drafters = [untrained_drafter(target, seed=s) for s in (1, 2, 3)]
-    for prompt in prompts(2):
-        result = run(target, drafters, strategy, options, prompt, max_new=40)
-        assert result.tokens == hf_greedy(target, prompt, 40)
+def greedy_target(case: Case):
+    """Prompt lookup runs on the Markov target, whose greedy text cycles (so it is accepted);
+    EAGLE heads on a one-layer target with attention (context matters)."""
+    return markov_target() if case.drafters.startswith("lookup") else one_layer_target()
 
 
-@pytest.mark.parametrize(
-    ("strategy", "options"),
-    [("merged", {"budget": "sum"}),
-     pytest.param("merged", {"budget": "matched"}, marks=pytest.mark.slow),
-     ("route-confidence", {"granularity": "step"}),
-     pytest.param("route-entropy", {"granularity": "step"}, marks=pytest.mark.slow),
-     pytest.param("bandit", {}, marks=pytest.mark.slow)],
-    ids=["merged-sum", "merged-matched", "route-confidence", "route-entropy", "bandit"],
-)
-def test_sampling_follows_the_target_law_with_three_drafters(strategy, options):
-    params = SamplingParams(temperature=1.0)
-    target = tiny_target("llama", vocab=VOCAB, seed=5)
-    drafters = [untrained_drafter(target, seed=s) for s in (2, 3, 4)]
-    engine = SpeculativeEngine(target, drafters, TreeConfig(8, 2, 3), strategy, **options)
-    law = exact_pair_law(target, params)
-    counts = sampled_pairs(lambda s: engine.generate(PROMPT, params, 3, set(), seed=s).tokens)
-    assert p_value(counts, TRIALS * law) > 1e-3
-    assert p_value(counts, TRIALS * law.T.contiguous()) < 1e-3
+@pytest.mark.parametrize("name", list(CASES))
+def test_greedy_equals_plain_decoding_with_accepted_drafters(name):
+    case = CASES[name]
+    target = greedy_target(case)
+    engine = engine_for(case, target, (0.03, 0.15), GREEDY_TREE)
+    results = []
+    for prompt in prompts(3, target.model.config.vocab_size):
+        result = engine.generate(prompt, GREEDY, NEW, stop_token_ids=set())
+        assert result.tokens == generate_plain(target, prompt, GREEDY, NEW, set()).tokens
+        results.append(result)
+    assert_accepted(results, case.greedy_tau, min_depth=3)
+    check_paths(case, results, GREEDY_TREE)
+
+
+@pytest.mark.parametrize("name", [k for k in COMBINED if k != "average"])
+def test_greedy_equals_plain_decoding_with_specialists(name, specialists):
+    """Two heads over-fitted on disjoint prompt sets of a 2-layer target: each is accepted on
+    its own prompts only, so routing must pick per prompt (or step) to reach tau >= 2. (Their
+    weight average is accepted on neither set, tau ~1.2: `average` is covered by the oracles.)"""
+    case = CASES[name]
+    target, heads, own_a, own_b = specialists
+    engine = SpeculativeEngine(target, heads, GREEDY_TREE, case.strategy, **case.options)
+    results = []
+    for prompt in own_a + own_b:
+        result = engine.generate(prompt, GREEDY, SPECIALIST_NEW, stop_token_ids=set())
+        assert result.tokens == generate_plain(target, prompt, GREEDY, SPECIALIST_NEW,
+                                               set()).tokens
+        results.append(result)
+    assert_accepted(results, 2.0, min_depth=3)
+    if case.strategy != "merged":  # merged verifies a union: no single route
+        assert routes(results) == {0, 1}  # both specialists' trees were verified
+
+
+# --- lossless at T > 0: the law of long sampled outputs ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """The Markov target, its exact transition law at T = 1, and a nearby law (T = 0.7)
+    the tests must be able to tell apart from it."""
+    target = markov_target()
+    cooler = SamplingParams(temperature=0.7)
+    return target, transition_law(target, SAMPLED), transition_law(target, cooler)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sampling_follows_the_target_law(name, chain):
+    case = CASES[name]
+    target, law, nearby = chain
+    engine = engine_for(case, target, (0.03, 0.3), SAMPLED_TREE)
+    runs, results = [], []
+    for seed in range(SAMPLED_RUNS):
+        prompt = [seed % 8, 3 * seed % 8, 5]
+        result = engine.generate(prompt, SAMPLED, SAMPLED_NEW, set(), seed=seed)
+        runs.append((prompt, result.tokens))
+        results.append(result)
+    counts = transition_counts(runs, law.shape[0])
+    assert transition_p_value(counts, law) > 1e-3
+    assert transition_p_value(counts, nearby) < 1e-3  # the test has power
+    assert_accepted(results, case.sampled_tau, min_depth=3)
+    check_paths(case, results, SAMPLED_TREE)
 
 
 # --- replay -----------------------------------------------------------------------------------
 
 
+REPLAYED = [k for k, c in CASES.items() if c.policy == "fixed"]
+
+
 @pytest.mark.parametrize("block", [0, 4], ids=["stepwise", "block4"])
-@pytest.mark.parametrize(("strategy", "options"), COMBINED, ids=IDS)
-def test_replay_equals_live_for_every_strategy(strategy, options, block):
-    target = tiny_target("llama")
-    drafters = [untrained_drafter(target, seed=s) for s in (1, 3)]
-    for prompt in prompts(2):
-        engine = SpeculativeEngine(target, drafters, TREE, strategy, **options)
+@pytest.mark.parametrize("name", REPLAYED)
+def test_replay_equals_live_for_every_strategy(name, block):
+    case = CASES[name]
+    target = greedy_target(case)
+    results = []
+    for prompt in prompts(2, target.model.config.vocab_size):
+        engine = engine_for(case, target, (0.03, 0.15), GREEDY_TREE)
         live = engine.generate(prompt, GREEDY, 30, stop_token_ids=set())
         plain = generate_plain(target, prompt, GREEDY, 30, stop_token_ids=set()).tokens
         item = ReplayPrompt("toy", "p", 0, prompt, plain)
         result = replay(engine.sessions, engine.strategy, item,
-                        teacher_features(engine.runner, item), TREE, block=block)
+                        teacher_features(engine.runner, item), GREEDY_TREE, block=block)
         assert result.committed == [s.committed for s in live.steps]
         assert result.routes == [s.route for s in live.steps]
+        results.append(live)
+    assert_accepted(results, case.greedy_tau, min_depth=3)
 
 
 # --- behaviour --------------------------------------------------------------------------------
