@@ -1,0 +1,75 @@
+"""Summarise confidence routing before/after calibration (issue 18, deliverable 4).
+
+Reads the rows of `taps-ray bench experiments/bench_routing_calibration.yaml` and the two
+calibrated drafters' taps.json; writes summary.json (routing shares, pooled tau, the
+calibrations' held-out metrics) and prints the Markdown table of docs/results.md.
+
+    python benchmarks/routing_calibration.py [--rows DIR] [--drafters DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from taps_ray.evaluation.report import load_inputs, tau_table
+from taps_ray.evaluation.routing import routing_shares
+from taps_ray.models.drafter import read_meta
+
+BENCHES = ["mt_bench", "gsm8k", "math500", "svamp"]
+SETS = ("raw", "calibrated")
+HOME = {"mt_bench": "chat-hass"}  # the head each benchmark should go to; math otherwise
+
+
+def summary(rows_dir: str, drafters_dir: str) -> dict:
+    rows = load_inputs([rows_dir]).rows
+    taus = tau_table(rows)
+    shares = routing_shares(rows)
+    out: dict = {"tau": {}, "step_share_to_home": {}, "prompt_share_to_home": {}}
+    for label in taus.index:
+        out["tau"][label] = {b: round(float(taus.loc[label, b]), 4)
+                             for b in [*BENCHES, "mean"] if b in taus.columns}
+    for (label, bench), group in shares.groupby(["label", "benchmark"]):
+        home = group[group["drafter"] == HOME.get(bench, "math-hass")]
+        for key, col in (("step_share_to_home", "step_share"),
+                         ("prompt_share_to_home", "prompt_share")):
+            value = float(home[col].iloc[0]) if len(home) else 0.0
+            out[key].setdefault(label, {})[bench] = round(value, 4)
+    out["calibrations"] = {
+        name: read_meta(Path(drafters_dir) / name).extra.get("confidence_calibration", {})
+        for name in ("math-hass", "chat-hass")
+    }
+    for cal in out["calibrations"].values():
+        cal.pop("x", None), cal.pop("y", None)  # the map itself lives in the drafter's taps.json
+    return out
+
+
+def table(s: dict) -> str:
+    head = ("| drafters | strategy | MT-Bench steps to chat | GSM8K steps to math | "
+            "MATH-500 to math | SVAMP to math | tau MT-Bench | GSM8K | MATH-500 | SVAMP | mean |")
+    lines = [head, "|" + " --- |" * 11]
+    for label, tau in s["tau"].items():
+        shares = s["step_share_to_home"].get(label)
+        cells = [f"{100 * shares[b]:.1f} %" if b in shares else "-" for b in BENCHES] \
+            if shares else ["-"] * 4
+        name, _, rest = label.partition(" (")
+        taus = [f"{tau[b]:.2f}" if b in tau else "-" for b in [*BENCHES, "mean"]]
+        lines.append(f"| {rest.rstrip(')') or '-'} | {name} | " + " | ".join(cells) + " | "
+                     + " | ".join(taus) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="docs/results/routing-calibration/routing-calibration")
+    parser.add_argument("--drafters", default="runs/calibrated")
+    parser.add_argument("--out", default="docs/results/routing-calibration/summary.json")
+    args = parser.parse_args()
+    s = summary(args.rows, args.drafters)
+    Path(args.out).write_text(json.dumps(s, indent=2) + "\n")
+    print(table(s))
+
+
+if __name__ == "__main__":
+    main()
