@@ -3,6 +3,7 @@
     T1        one plain decoding step (forward of one token + its LM-head row + argmax)
     Tv(n)     one verify step of an n-token tree (root included): mask building, the forward,
               the LM-head row of the root and the greedy walk; per KV length
+    Tb(B, q)  one batched verify forward of B sequences of q tokens each (continuous batching)
     Td(w)     one draft round of a drafter at frontier width w (decoder layer + LM head + top-k)
     overheads routing / merging per tree, one extra LM-head row per accepted token, the engine's
               per-step bookkeeping (commit, cache compaction)

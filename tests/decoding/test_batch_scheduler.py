@@ -95,6 +95,7 @@ def test_per_request_sampling_and_seeds(target):
               GREEDY, SamplingParams(1.2, 0.8, 8)]
     reqs = [SequenceRequest([3, 1, 4, 1, 5][: 2 + i], p, 12 + i, set(), 100 + i)
             for i, p in enumerate(params)]
+    reqs.append(SequenceRequest([2], SamplingParams(1.0), 1, set(), 5))  # done at prefill
     engine = lookup_engine(target, FixedPolicy())
     spec = SequenceRequest([1, 2, 3] * 4, SamplingParams(0.9), 20, set(), 7, engine)
     with BatchScheduler(target, BatchSettings(speculation="sequence")) as scheduler:
