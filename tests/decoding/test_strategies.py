@@ -83,7 +83,7 @@ def drafter_set(case: Case, target, noises: tuple[float, float]) -> list:
     good, weak = (oracle_drafter(target, n, seed=s) for s, n in enumerate(noises, 1))
     return {"pair": [good, weak], "weak-first": [weak, good], "one": [good],
             "lookup": [PromptLookupDrafter()],
-            "lookup+oracle": [weak, PromptLookupDrafter()]}[case.drafters]
+            "lookup+oracle": [weak, PromptLookupDrafter(num_candidates=2)]}[case.drafters]
 
 
 class LosingGuard(SpeedGuard):
