@@ -3,6 +3,10 @@
 Glossary: a *step* is one target verification forward after prefill. It commits the *accepted*
 draft tokens (a path of the tree the target agrees with) and one *bonus* token the target emits
 after them. tau = sum over steps of (accepted + 1) / steps; the prefill token is not counted.
+
+A step is two halves around the target forward: `begin_step` (policy, propose, cut -> the tokens
+to verify) and `finish_step` (verify, learn, clip, commit the drafters). `stream` runs them around
+its own cache; the batch scheduler (scheduler.py) around one batched forward of many sequences.
 """
 
 from __future__ import annotations
