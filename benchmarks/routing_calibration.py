@@ -4,7 +4,7 @@ Reads the rows of `taps-ray bench experiments/bench_routing_calibration.yaml` an
 calibrated drafters' taps.json; writes summary.json (routing shares, pooled tau, the
 calibrations' held-out metrics) and prints the Markdown table of docs/results.md.
 
-    python benchmarks/routing_calibration.py [--rows DIR] [--drafters DIR] [--out FILE]
+    python benchmarks/routing_calibration.py [--rows DIR] [--drafters DIR...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SETS = ("raw", "calibrated")
 HOME = {"mt_bench": "chat-hass"}  # the head each benchmark should go to; math otherwise
 
 
-def summary(rows_dir: str, drafters_dir: str) -> dict:
+def summary(rows_dir: str, drafters_dirs: list[str]) -> dict:
     rows = load_inputs([rows_dir]).rows
     taus = tau_table(rows)
     shares = routing_shares(rows)
@@ -37,8 +37,8 @@ def summary(rows_dir: str, drafters_dir: str) -> dict:
             value = float(home[col].iloc[0]) if len(home) else 0.0
             out[key].setdefault(label, {})[bench] = round(value, 4)
     out["calibrations"] = {
-        name: read_meta(Path(drafters_dir) / name).extra.get("confidence_calibration", {})
-        for name in ("math-hass", "chat-hass")
+        f"{folder}/{name}": read_meta(Path(folder) / name).extra.get("confidence_calibration", {})
+        for folder in drafters_dirs for name in ("math-hass", "chat-hass")
     }
     for cal in out["calibrations"].values():
         cal.pop("x", None), cal.pop("y", None)  # the map itself lives in the drafter's taps.json
@@ -63,7 +63,8 @@ def table(s: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="docs/results/routing-calibration/routing-calibration")
-    parser.add_argument("--drafters", default="runs/calibrated")
+    parser.add_argument("--drafters", nargs="+",
+                        default=["runs/calibrated", "runs/calibrated-isotonic"])
     parser.add_argument("--out", default="docs/results/routing-calibration/summary.json")
     args = parser.parse_args()
     s = summary(args.rows, args.drafters)
