@@ -57,8 +57,8 @@ class Case:
     options: dict = field(default_factory=dict)
     drafters: str = "pair"  # pair: good + weak oracle; weak-first; one; lookup; lookup+oracle
     policy: str = "fixed"  # fixed | cut (adaptive trees) | fallback (guard forced to plain)
-    greedy_tau: float = 2.0  # acceptance each case must reach (measured well above)
-    sampled_tau: float = 1.8
+    greedy_tau: float = 2.0  # acceptance each case must reach (measured 2.3-8.7)
+    sampled_tau: float = 1.8  # measured 1.95-2.8 (prompt lookup 1.56)
 
 
 CASES = {
@@ -71,8 +71,9 @@ CASES = {
     "merged-sum": Case("merged", {"budget": "sum"}, greedy_tau=3.0),
     "merged-matched": Case("merged", {"budget": "matched"}, greedy_tau=3.0),
     "bandit": Case("bandit", drafters="weak-first"),
-    "prompt-lookup": Case("single", drafters="lookup", greedy_tau=3.0, sampled_tau=1.4),
-    "merged-lookup-oracle": Case("merged", {"budget": "sum"}, drafters="lookup+oracle"),
+    "prompt-lookup": Case("single", drafters="lookup", greedy_tau=5.0, sampled_tau=1.4),
+    "merged-lookup-oracle": Case("merged", {"budget": "sum"}, drafters="lookup+oracle",
+                                 greedy_tau=4.0),
     "adaptive-cut": Case("single", drafters="one", policy="cut", greedy_tau=2.5),
     "fallback-plain": Case("single", drafters="one", policy="fallback", greedy_tau=2.5),
 }
@@ -268,9 +269,12 @@ def test_greedy_equals_plain_decoding_with_specialists(name, specialists):
         assert result.tokens == generate_plain(target, prompt, GREEDY, SPECIALIST_NEW,
                                                set()).tokens
         results.append(result)
-    assert_accepted(results, 2.0, min_depth=3)
+    assert_accepted(results, 3.0, min_depth=3)  # measured 3.8-4.3
     if case.strategy != "merged":  # merged verifies a union: no single route
         assert routes(results) == {0, 1}  # both specialists' trees were verified
+    if case.options.get("granularity") == "prompt":  # each prompt settles on its specialist
+        owners = [0] * len(own_a) + [1] * len(own_b)
+        assert [r.steps[-1].route for r in results] == owners
 
 
 # --- lossless at T > 0: the law of long sampled outputs ---------------------------------------
