@@ -19,6 +19,7 @@ from taps_ray.evaluation.replay import (
 )
 from taps_ray.evaluation.runner import Candidate, replay_candidates
 from taps_ray.models.drafter import untrained_drafter
+from tests.accepted import one_layer_target, oracle_drafter
 from tests.tiny import tiny_target
 
 GREEDY = SamplingParams()
@@ -28,9 +29,11 @@ GREEDY = SamplingParams()
 @pytest.mark.parametrize("max_new", [7, 40])
 @pytest.mark.parametrize("block", [0, 5, 32], ids=["stepwise", "block5", "block32"])
 def test_replay_equals_live_step_by_step(family, max_new, block):
-    target = tiny_target(family)
+    # an oracle head (tests/accepted.py): accepted along whole paths, so replay must follow
+    # deep accepted paths and the cache of accepted tokens, not only bonus tokens
+    target = one_layer_target(family)
     tree = TreeConfig(30, 4, 8)
-    engine = SpeculativeEngine(target, [untrained_drafter(target, seed=3)], tree)
+    engine = SpeculativeEngine(target, [oracle_drafter(target, 0.06, seed=3)], tree)
     accepted = []
     for seed in range(3):
         prompt = torch.randint(0, 32, (9,), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -42,7 +45,8 @@ def test_replay_equals_live_step_by_step(family, max_new, block):
         assert result.committed == [s.committed for s in live.steps]
         assert result.tau == pytest.approx(live.tau)
         accepted += result.accepted
-    assert max(accepted) >= 1  # the walk really accepted drafts somewhere
+    assert max(accepted) >= min(4, max_new // 2)  # deep paths were accepted
+    assert (sum(accepted) + len(accepted)) / len(accepted) >= 2.0  # pooled tau
 
 
 def test_replay_stops_at_eos_like_live():
