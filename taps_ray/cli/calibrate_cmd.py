@@ -186,4 +186,20 @@ def format_profile(profile) -> str:
     lines += ["", "overheads (ms): " + ", ".join(
         f"{name} {s * 1e3:.3f}{per_tree.get(name, ' per step')}"
         for name, s in profile.overhead_s.items())]
-    return "\n".join(lines)
+    return "\n".join(lines + _batch_lines(profile))
+
+
+def _batch_lines(profile) -> list[str]:
+    """Tb(B, q): one batched forward of B sequences of q tokens, and what plain batching buys."""
+    table = profile.batch_verify_s
+    if not table:
+        return []
+    qs = sorted({q for row in table.values() for q in row})
+    lines = ["", "batched forward Tb(B, q) ms (B sequences x q tokens each; "
+             "plain tokens/s = B / Tb(B, 1)):",
+             f"{'B':>4}  " + "  ".join(f"{f'q={q}':>9}" for q in qs) + f"  {'plain tok/s':>11}"]
+    for b in sorted(table):
+        cells = [f"{table[b][q] * 1e3:>9.2f}" if q in table[b] else f"{'-':>9}" for q in qs]
+        plain = f"{b / table[b][1]:>11.1f}" if 1 in table[b] else f"{'-':>11}"
+        lines.append(f"{b:>4}  " + "  ".join(cells) + f"  {plain}")
+    return lines

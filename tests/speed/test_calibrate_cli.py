@@ -64,6 +64,19 @@ def test_table_output(cache, capsys):
     table = format_profile(hand_profile())
     assert "Tv kv=100 ms" in table and "Tv/T1 kv=200" in table and "w=10: 4.00" in table
     assert "route 1.000 per tree" in table and "step 1.000 per step" in table
+    assert "Tb(B, q)" not in table  # no batched table measured: no section
+
+
+def test_table_shows_the_batched_forward(cache):
+    from dataclasses import replace
+
+    from taps_ray.cli.calibrate_cmd import format_profile
+
+    batched = replace(hand_profile(), batch_verify_s={1: {1: 0.05, 4: 0.06}, 8: {1: 0.08}})
+    lines = format_profile(batched).splitlines()
+    start = next(i for i, line in enumerate(lines) if "Tb(B, q)" in line)
+    row8 = next(line for line in lines[start:] if line.split()[:1] == ["8"])
+    assert row8.split() == ["8", "80.00", "-", "100.0"]  # 8 / 0.08 s = 100 tokens/s plain
 
 
 def _refused(args: list[str], capsys, fragment: str) -> None:
