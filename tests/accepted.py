@@ -13,7 +13,8 @@ targets do accept, each a real drafter the engine, strategies and replay take as
 
 At T > 0 a `markov_target` (attention output zeroed: the next token depends on the last one
 only) has an exact law for long outputs: each transition a -> b has probability P[a, b]. The
-transition counts of many long generations are then tested against P (`transition_p_value`),
+transition counts of many long generations are then tested against P (`transition_p_value`,
+and `top_share_p_value` aimed at skewed acceptance),
 so acceptance over hundreds of steps (routing, bandit switches, tree cuts, plain fallback) is
 checked, not only the first step's.
 """
@@ -208,3 +209,23 @@ def transition_p_value(counts: torch.Tensor, law: torch.Tensor, min_expected: fl
         return 1.0
     half = torch.tensor(dof / 2, dtype=torch.float64)
     return float(torch.special.gammaincc(half, torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+def top_share_p_value(counts: torch.Tensor, law: torch.Tensor) -> float:
+    """Two-sided p-value that the chain went to each row's most likely token as often as P says.
+
+    Sum over rows of the count of b = argmax P[a] minus its expectation n_a P[a, b], over its
+    standard deviation: about N(0, 1) under P (one binomial per row, Markov chain CLT). One
+    degree of freedom aimed where a skewed acceptance shows first: drafted tokens are the
+    likely ones, so accepting them too often (or too rarely) moves this share.
+    """
+    top = law.argmax(-1)  # [V]
+    n = counts.sum(-1)  # [V] transitions out of each token
+    p = law.gather(1, top[:, None])[:, 0]
+    observed = counts.gather(1, top[:, None])[:, 0]
+    var = float((n * p * (1 - p)).sum())
+    if var == 0:
+        return 1.0
+    z = float((observed - n * p).sum()) / var**0.5
+    return float(torch.special.erfc(torch.tensor(abs(z) / 2**0.5, dtype=torch.float64)))
+
