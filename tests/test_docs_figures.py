@@ -67,7 +67,8 @@ def replay_equals_live(path: Path):
     return lookup
 
 
-DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live}  # tables in docs/
+DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live,  # tables in docs/
+               "docs/results/replay-equals-live-60-5-10.json": replay_equals_live}
 READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
            "docs/bench/speed-choice.json": speed_choice, **DOC_READERS}
 
