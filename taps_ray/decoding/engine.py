@@ -198,12 +198,13 @@ class SpeculativeEngine:
         forward_s: float,  # seconds of the forward that produced feats
         commit_cache=None,  # callable(keep [m]) that keeps the verified entries, or None
         solo: bool = True,  # False in a batch: the policy learns acceptance, not step times
+        root_logits: torch.Tensor | None = None,  # [V] the root row's logits, if computed
     ) -> StepOutcome:
         """Verify, learn, clip at stop/length, commit the drafter sessions (and the cache
         through `commit_cache` when the caller owns it)."""
         tree, proposal = plan.tree, plan.proposal
         t1 = time.perf_counter()
-        result = verify_tree(tree, self.runner, feats, sampling, gen)
+        result = verify_tree(tree, self.runner, feats, sampling, gen, root_logits)
         t2 = time.perf_counter()
         if proposal.drafted:
             self.strategy.observe(proposal, len(result.accepted_nodes))
@@ -375,13 +376,21 @@ class LazyRows:
         return self.rows[row]
 
 
-def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, gen) -> VerifyResult:
-    """Greedy or stochastic verification of `tree` from the target's features [n+1, d]."""
+def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, gen,
+                root_logits: torch.Tensor | None = None) -> VerifyResult:
+    """Greedy or stochastic verification of `tree` from the target's features [n+1, d].
+    `root_logits` [V]: the root row's logits when the caller already has them (a batch
+    computes every row's root logits in one matmul)."""
     vocab = runner.lm_head.weight.shape[0]
     if sampling.greedy:
-        return verify_greedy(tree, LazyRows(feats, vocab, runner.logits))
+        rows = LazyRows(feats, vocab, runner.logits)
+        if root_logits is not None:
+            rows.rows[0] = root_logits
+        return verify_greedy(tree, rows)
     # the generator lives on the CPU
     probs = LazyRows(feats, vocab, lambda f: logits_to_probs(runner.logits(f), sampling).cpu())
+    if root_logits is not None:
+        probs.rows[0] = logits_to_probs(root_logits[None], sampling).cpu()[0]
     return verify_stochastic(tree, probs, gen)
 
 

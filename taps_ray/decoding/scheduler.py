@@ -332,10 +332,13 @@ class BatchScheduler:
         start = time.perf_counter()
         feats = self.batch.forward([p.tokens for p in plans], [p.offsets for p in plans],
                                    [p.mask for p in plans])
+        # every row reads its root's logits: one LM-head matmul for the batch, not B
+        root_logits = self.batch.logits(feats[:, 0])  # [B, V]
         forward_s = time.perf_counter() - start
         keeps, leaving = [], []
         for i, (seq, plan) in enumerate(zip(self._decoding, plans, strict=True)):
-            keep, done = self._finish(seq, plan, feats[i, : plan.tokens.numel()], forward_s)
+            keep, done = self._finish(seq, plan, feats[i, : plan.tokens.numel()], forward_s,
+                                      root_logits[i])
             keeps.append(keep)
             if done:
                 leaving.append(i)
@@ -366,16 +369,18 @@ class BatchScheduler:
             return StepPlan.plain(root)
         return seq.request.engine.begin_step(root, speculate)
 
-    def _finish(self, seq: _Sequence, plan: StepPlan, feats, forward_s: float):
+    def _finish(self, seq: _Sequence, plan: StepPlan, feats, forward_s: float,
+                root_logits: torch.Tensor):
         """(cache offsets to keep, finished) of one row; a failure ends only this sequence."""
         request = seq.request
         try:
             if request.engine is None:
-                token = pick_token(self.batch.logits(feats[:1]), request.sampling, seq.gen)
+                token = pick_token(root_logits[None], request.sampling, seq.gen)
                 return plan.keep_root, self._emit(seq, [token])
             out = request.engine.finish_step(plan, feats, request.sampling, seq.gen, seq.stops,
                                              seq.budget, forward_s,
-                                             solo=len(self._decoding) == 1)
+                                             solo=len(self._decoding) == 1,
+                                             root_logits=root_logits)
             seq.speed.observe(plan, len(out.committed))
             return out.keep, self._emit(seq, out.committed, out.stat)
         except Exception as err:
