@@ -124,6 +124,9 @@ class BatchSpeedChooser:
         self.margin, self.base_backoff, self.max_backoff = margin, backoff, max_backoff
         self.backoff, self.plain_left = backoff, 0
         self.plain_steps = 0  # steps the batch decoded plainly by this choice (metrics)
+        # every sequence's speculative steps pooled: the prior of a sequence that has none yet,
+        # so a newcomer does not force the whole batch into a measuring step
+        self.pooled = SequenceSpeed(decay=0.9)
 
     def modes(self, speeds: Sequence[SequenceSpeed], speculative: Sequence[bool],
               speculation: str) -> list[bool | None]:
@@ -144,6 +147,8 @@ class BatchSpeedChooser:
         if self.plain_left > 0:
             self.plain_left -= 1
             return False
+        if self.pooled.tau is not None:
+            speeds = [s if s is None or s.tau is not None else self.pooled for s in speeds]
         known = [s for s in speeds if s is not None]
         if not self.cost.ready or any(s.tau is None for s in known):
             return True  # nothing to predict from yet: measure
@@ -186,3 +191,7 @@ class BatchSpeedChooser:
 
     def observe(self, rows: int, q: int, forward_s: float) -> None:
         self.cost.add(rows, q, forward_s)
+
+    def observe_sequence(self, plan, committed: int) -> None:
+        """One sequence's step, pooled over the batch (see `pooled`)."""
+        self.pooled.observe(plan, committed)

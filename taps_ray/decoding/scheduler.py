@@ -382,6 +382,7 @@ class BatchScheduler:
                                              solo=len(self._decoding) == 1,
                                              root_logits=root_logits)
             seq.speed.observe(plan, len(out.committed))
+            self.chooser.observe_sequence(plan, len(out.committed))
             return out.keep, self._emit(seq, out.committed, out.stat)
         except Exception as err:
             seq.handle._put(err)

@@ -92,6 +92,17 @@ def test_chooser_modes():
     assert chooser.backoff == 2
 
 
+def test_a_newcomer_borrows_the_pooled_acceptance_instead_of_forcing_a_measuring_step():
+    chooser = BatchSpeedChooser(profile_with({1: {1: 0.01, 16: 0.03}, 8: {1: 0.08, 16: 0.4}}))
+    newcomer = [speed(1.2), SequenceSpeed()]  # the second has no speculative step yet
+    assert chooser.modes(newcomer, [True, True], "cost") == [True, True]  # no prior: measure
+    chooser.pooled = speed(1.2)  # what the batch's sequences have been accepting
+    assert chooser.modes([speed(1.2), SequenceSpeed()], [True, True], "cost") == [False] * 2
+    chooser = BatchSpeedChooser(profile_with({1: {1: 0.01, 16: 0.03}, 8: {1: 0.08, 16: 0.4}}))
+    chooser.pooled = speed(6.0)  # a batch that accepts deep paths: the newcomer speculates
+    assert chooser.modes([speed(6.0), SequenceSpeed()], [True, True], "cost") == [True, True]
+
+
 @pytest.fixture(scope="module")
 def target():
     return tiny_target("llama")
