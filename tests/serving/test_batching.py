@@ -15,32 +15,15 @@ import pytest
 
 from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
 from taps_ray.decoding.sampling import SamplingParams
-from taps_ray.models.drafter import untrained_drafter
 from taps_ray.serving.config import ServeConfig
 from taps_ray.serving.events import Decoding
 from taps_ray.serving.http import build_http_app, error_response
 from taps_ray.serving.metrics import NullMetrics
 from taps_ray.serving.protocol import ApiError, GenerationRequest
 from taps_ray.serving.service import CompletionService
-from tests.serving.test_service import TREE, DigitTokenizer
-from tests.tiny import tiny_target
+from tests.serving.test_service import TREE
 
 GREEDY = SamplingParams()
-
-
-@pytest.fixture(scope="module")
-def target():
-    return dataclasses.replace(tiny_target("llama", vocab=32), tokenizer=DigitTokenizer())
-
-
-@pytest.fixture(scope="module")
-def drafters(target):
-    out = []
-    for seed, name in enumerate(("math-a", "chat-b")):
-        drafter = untrained_drafter(target, seed)
-        drafter.meta = dataclasses.replace(drafter.meta, name=name)
-        out.append(drafter)
-    return out
 
 
 def batched(target, drafters, **overrides) -> CompletionService:

@@ -11,11 +11,9 @@ from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.errors import TapsError
-from taps_ray.models.drafter import untrained_drafter
 from taps_ray.serving.config import ServeConfig
 from taps_ray.serving.protocol import ApiError, GenerationRequest
 from taps_ray.serving.service import CompletionService, stream_plain
-from tests.tiny import tiny_target
 
 TREE = TreeConfig(6, 3, 3)
 UNBATCHED = ServeConfig(target="tiny", batching="off")
@@ -30,21 +28,6 @@ class DigitTokenizer:
 
     def get_vocab(self) -> dict[str, int]:
         return {str(t): t for t in range(32)}
-
-
-@pytest.fixture(scope="module")
-def target():
-    return dataclasses.replace(tiny_target("llama", vocab=32), tokenizer=DigitTokenizer())
-
-
-@pytest.fixture(scope="module")
-def drafters(target):
-    out = []
-    for seed, name in enumerate(("math-a", "chat-b")):
-        drafter = untrained_drafter(target, seed)
-        drafter.meta = dataclasses.replace(drafter.meta, name=name)
-        out.append(drafter)
-    return out
 
 
 def service(target, drafters, **overrides) -> CompletionService:
