@@ -366,8 +366,10 @@ class LazyRows:
     applied to those instead of to every tree node.
     """
 
-    def __init__(self, features: torch.Tensor, vocab: int, fn):  # features [n+1, d]
-        self.features, self.fn, self.rows = features, fn, {}
+    def __init__(self, features: torch.Tensor, vocab: int, fn,  # features [n+1, d]
+                 root: torch.Tensor | None = None):  # row 0 when the caller computed it
+        self.features, self.fn = features, fn
+        self.rows = {} if root is None else {0: root}
         self.shape = (features.shape[0], vocab)
 
     def __getitem__(self, row: int) -> torch.Tensor:  # [V]
@@ -383,14 +385,13 @@ def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, gen,
     computes every row's root logits in one matmul)."""
     vocab = runner.lm_head.weight.shape[0]
     if sampling.greedy:
-        rows = LazyRows(feats, vocab, runner.logits)
-        if root_logits is not None:
-            rows.rows[0] = root_logits
-        return verify_greedy(tree, rows)
-    # the generator lives on the CPU
-    probs = LazyRows(feats, vocab, lambda f: logits_to_probs(runner.logits(f), sampling).cpu())
-    if root_logits is not None:
-        probs.rows[0] = logits_to_probs(root_logits[None], sampling).cpu()[0]
+        return verify_greedy(tree, LazyRows(feats, vocab, runner.logits, root_logits))
+
+    def probs_of(logits: torch.Tensor) -> torch.Tensor:  # the generator lives on the CPU
+        return logits_to_probs(logits, sampling).cpu()
+
+    root = None if root_logits is None else probs_of(root_logits[None])[0]
+    probs = LazyRows(feats, vocab, lambda f: probs_of(runner.logits(f)), root)
     return verify_stochastic(tree, probs, gen)
 
 
