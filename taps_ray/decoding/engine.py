@@ -20,7 +20,7 @@ import torch
 from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.adaptive import FixedPolicy, empty_tree
 from taps_ray.decoding.proposer import make_session
-from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
+from taps_ray.decoding.sampling import PositionDraws, SamplingParams, logits_to_probs
 from taps_ray.decoding.strategies import Proposal, strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import (
@@ -142,39 +142,39 @@ class SpeculativeEngine:
         if max_new_tokens <= 0:
             raise ValueError("max_new_tokens must be > 0")
         stops = default_stop_ids(self.target) if stop_token_ids is None else set(stop_token_ids)
-        gen = sampling_generator(seed, self.runner.device)
+        draws = sampling_draws(seed)
         prompt = as_ids(prompt_ids, self.runner.device)
-        root = self._prefill(prompt, sampling, gen)
+        root = self._prefill(prompt, sampling, draws)
         tokens, finished = clip_at_stop([root], stops, max_new_tokens)
         yield Chunk(list(tokens), None, finish_reason(tokens, stops) if finished else None)
         self.strategy.start()
         while not finished:
             stat, (committed, finished) = self._step(
-                tokens[-1], sampling, gen, stops, max_new_tokens - len(tokens)
+                tokens[-1], sampling, draws, stops, max_new_tokens - len(tokens)
             )
             tokens += committed
             yield Chunk(committed, stat, finish_reason(tokens, stops) if finished else None)
 
-    def _prefill(self, prompt, sampling, gen):
-        return self.start(prompt, self.runner.prefill(prompt), sampling, gen)
+    def _prefill(self, prompt, sampling, draws):
+        return self.start(prompt, self.runner.prefill(prompt), sampling, draws)
 
     def start(self, prompt: torch.Tensor, feats: torch.Tensor, sampling: SamplingParams,
-              gen) -> int:
+              draws: PositionDraws) -> int:
         """After the prompt's prefill (prompt [L], its target features [L, d], wherever the
         cache lives): the root token; the drafter sessions take the prompt."""
-        root = pick_token(self.runner.logits(feats[-1:]), sampling, gen)
+        root = pick_token(self.runner.logits(feats[-1:]), sampling, draws)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         for s in self.sessions:
             s.reset(int(prompt[0]))  # x_0: no pair carries it, token-only sessions need it
             s.extend(feats, nxt.to(feats.device))  # pairs (f_t, x_{t+1}) for t = 0..L-1
         return root
 
-    def _step(self, root: int, sampling, gen, stops, budget):
+    def _step(self, root: int, sampling, draws, stops, budget):
         plan = self.begin_step(root)
         past = self.runner.length
         start = time.perf_counter()
         feats = self.runner.verify(plan.tokens, plan.offsets, plan.mask)
-        out = self.finish_step(plan, feats, sampling, gen, stops, budget,
+        out = self.finish_step(plan, feats, sampling, draws, stops, budget,
                                time.perf_counter() - start,
                                lambda keep: self.runner.commit(past, keep))
         return out.stat, (out.committed, out.finished)
@@ -192,7 +192,7 @@ class SpeculativeEngine:
         plan: StepPlan,
         feats: torch.Tensor,  # [q, d] the target's features of plan.tokens (padding cut)
         sampling: SamplingParams,
-        gen,
+        draws: PositionDraws,
         stops: set[int],
         budget: int,  # tokens this sequence may still emit
         forward_s: float,  # seconds of the forward that produced feats
@@ -204,7 +204,7 @@ class SpeculativeEngine:
         through `commit_cache` when the caller owns it)."""
         tree, proposal = plan.tree, plan.proposal
         t1 = time.perf_counter()
-        result = verify_tree(tree, self.runner, feats, sampling, gen, root_logits)
+        result = verify_tree(tree, self.runner, feats, sampling, draws, root_logits)
         t2 = time.perf_counter()
         if proposal.drafted:
             self.strategy.observe(proposal, len(result.accepted_nodes))
@@ -315,12 +315,12 @@ def stream_plain(
     """Plain decoding as a stream of one-token chunks (stat None); the last has finish_reason."""
     stops = default_stop_ids(target) if stop_token_ids is None else set(stop_token_ids)
     runner = TargetRunner(target.model)
-    gen = sampling_generator(seed, runner.device)
+    draws = sampling_draws(seed)
     feats = runner.prefill(as_ids(prompt_ids, runner.device))
-    token, count = pick_token(runner.logits(feats[-1:]), sampling, gen), 1
+    token, count = pick_token(runner.logits(feats[-1:]), sampling, draws), 1
     while not (token in stops or count >= max_new_tokens):
         yield Chunk([token], None)
-        token, count = pick_token(runner.logits(runner.step(token)), sampling, gen), count + 1
+        token, count = pick_token(runner.logits(runner.step(token)), sampling, draws), count + 1
     yield Chunk([token], None, finish_reason([token], stops))
 
 
@@ -378,28 +378,32 @@ class LazyRows:
         return self.rows[row]
 
 
-def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, gen,
+def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, draws: PositionDraws,
                 root_logits: torch.Tensor | None = None) -> VerifyResult:
     """Greedy or stochastic verification of `tree` from the target's features [n+1, d].
     `root_logits` [V]: the root row's logits when the caller already has them (a batch
     computes every row's root logits in one matmul)."""
     vocab = runner.lm_head.weight.shape[0]
     if sampling.greedy:
-        return verify_greedy(tree, LazyRows(feats, vocab, runner.logits, root_logits))
+        result = verify_greedy(tree, LazyRows(feats, vocab, runner.logits, root_logits))
+        draws.advance(len(result.accepted_nodes) + 1)
+        return result
 
-    def probs_of(logits: torch.Tensor) -> torch.Tensor:  # the generator lives on the CPU
+    def probs_of(logits: torch.Tensor) -> torch.Tensor:  # the inverse CDF runs on the CPU
         return logits_to_probs(logits, sampling).cpu()
 
     root = None if root_logits is None else probs_of(root_logits[None])[0]
     probs = LazyRows(feats, vocab, lambda f: probs_of(runner.logits(f)), root)
-    return verify_stochastic(tree, probs, gen)
+    return verify_stochastic(tree, probs, draws)
 
 
-def pick_token(logits, sampling: SamplingParams, gen) -> int:  # logits [1, V]
-    """The target's next token: argmax at T = 0, else a sample of the processed distribution."""
+def pick_token(logits, sampling: SamplingParams, draws: PositionDraws) -> int:  # logits [1, V]
+    """The target's next token: argmax at T = 0, else the processed distribution's token at
+    this position's draw."""
     if sampling.greedy:
+        draws.advance(1)
         return int(logits[0].argmax())
-    return sample_token(logits_to_probs(logits[0], sampling).cpu(), gen)
+    return draws.take(logits_to_probs(logits[0], sampling).cpu())
 
 
 def step_stats(tree, result, proposal: Proposal, committed: int, times) -> StepStats:
@@ -430,11 +434,9 @@ def _examined(tree: DraftTree, accepted: list[int]) -> list[int]:
     return [c for parent in [-1, *accepted] for c in children[parent + 1]]
 
 
-def sampling_generator(seed: int, device: torch.device) -> torch.Generator:
-    """The seeded CPU generator every sampling call of one request draws from."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
-    return gen
+def sampling_draws(seed: int) -> PositionDraws:
+    """The position-keyed draws every sampling call of one request takes (see PositionDraws)."""
+    return PositionDraws(seed)
 
 
 def as_ids(prompt_ids, device) -> torch.Tensor:

@@ -48,12 +48,59 @@ def logits_to_probs(
     return scores.softmax(dim=-1)
 
 
-def sample_token(
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a well-spread 64-bit hash of x."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class PositionDraws:
+    """One request's randomness, keyed by output position: the uniform for the i-th new token
+    depends only on (seed, i).
+
+    Every sampled token is the inverse CDF of its distribution at that uniform, so a seeded
+    request emits the same tokens whatever the drafts, the tree sizes, the speed policy's
+    choices or the batch it shares: speculative decoding at T > 0 equals plain sampling of the
+    same seed token for token (up to float rounding of the target's logits), and verification
+    keeps the law of multi-candidate rejection sampling (see verify.verify_stochastic).
+    """
+
+    def __init__(self, seed: int, position: int = 0):
+        self.seed, self.position = int(seed), int(position)
+
+    def uniform(self, offset: int = 0) -> float:
+        """The uniform in [0, 1) of output position `position + offset` (53 random bits)."""
+        key = _mix64(_mix64(self.seed & _MASK64) ^ (self.position + offset))
+        return (key >> 11) * (1.0 / (1 << 53))
+
+    def advance(self, tokens: int) -> None:
+        """`tokens` more output positions were sampled."""
+        self.position += int(tokens)
+
+    def take(self, probs: torch.Tensor) -> int:  # probs [V]
+        """The token at the current position, then advance by one."""
+        token = inverse_cdf(probs, self.uniform())
+        self.advance(1)
+        return token
+
+
+def inverse_cdf(
     probs: torch.Tensor,  # [V] non-negative, need not be normalised
-    generator: torch.Generator,
+    u: float,  # in [0, 1)
 ) -> int:
-    """One draw from `probs`; probs must live on the generator's device."""
-    return int(torch.multinomial(probs, num_samples=1, generator=generator))
+    """The token whose cumulative-mass interval (in vocabulary order) holds u * mass: a draw
+    from `probs` when u is uniform; a token of zero probability is never returned."""
+    cdf = probs.to(torch.float64).cumsum(0)
+    index = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=torch.float64),
+                                   right=True))
+    if index >= probs.numel():  # u * mass rounded up to the mass: the last possible token
+        index = int(torch.nonzero(probs > 0)[-1])
+    return index
 
 
 def _one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:  # [..., V] -> [..., V]

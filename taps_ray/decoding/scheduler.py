@@ -37,9 +37,9 @@ from taps_ray.decoding.engine import (
     default_stop_ids,
     finish_reason,
     pick_token,
-    sampling_generator,
+    sampling_draws,
 )
-from taps_ray.decoding.sampling import SamplingParams
+from taps_ray.decoding.sampling import PositionDraws, SamplingParams
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.verify import clip_at_stop
 
@@ -137,7 +137,7 @@ class _Sequence:
     handle: SequenceHandle
     prompt: torch.Tensor  # [P]
     stops: set[int]
-    gen: torch.Generator
+    draws: PositionDraws
     tokens: list[int] = field(default_factory=list)  # emitted so far
     prefill: TargetRunner | None = None  # the batch-1 runner of a prompt being prefilled
     feats: list[torch.Tensor] = field(default_factory=list)  # prompt features so far
@@ -178,7 +178,7 @@ class BatchScheduler:
         stops = self.default_stops if request.stop_ids is None else set(request.stop_ids)
         handle = SequenceHandle(self._wake)
         seq = _Sequence(request, handle, prompt, stops,
-                        sampling_generator(request.seed, self.batch.device))
+                        sampling_draws(request.seed))
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batch scheduler is stopped")
@@ -306,8 +306,8 @@ class BatchScheduler:
     def _first_token(self, seq: _Sequence) -> int:
         feats, request = torch.cat(seq.feats), seq.request
         if request.engine is None:
-            return pick_token(self.batch.logits(feats[-1:]), request.sampling, seq.gen)
-        root = request.engine.start(seq.prompt, feats, request.sampling, seq.gen)
+            return pick_token(self.batch.logits(feats[-1:]), request.sampling, seq.draws)
+        root = request.engine.start(seq.prompt, feats, request.sampling, seq.draws)
         request.engine.strategy.start()
         return root
 
@@ -375,9 +375,9 @@ class BatchScheduler:
         request = seq.request
         try:
             if request.engine is None:
-                token = pick_token(root_logits[None], request.sampling, seq.gen)
+                token = pick_token(root_logits[None], request.sampling, seq.draws)
                 return plan.keep_root, self._emit(seq, [token])
-            out = request.engine.finish_step(plan, feats, request.sampling, seq.gen, seq.stops,
+            out = request.engine.finish_step(plan, feats, request.sampling, seq.draws, seq.stops,
                                              seq.budget, forward_s,
                                              solo=len(self._decoding) == 1,
                                              root_logits=root_logits)

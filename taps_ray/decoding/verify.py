@@ -14,6 +14,14 @@ Stochastic (T > 0): multi-candidate rejection sampling with deterministic draft 
 accept x with probability p(x) / (remaining mass), otherwise zero p(x) and try the next; when
 all are rejected the bonus is drawn from the residual p. The emitted tokens are distributed
 exactly as the target's own samples.
+
+It is realised with one position-keyed uniform per depth (sampling.PositionDraws): y = the
+target's inverse-CDF token at that uniform; the child whose token is y is accepted, and y is
+the bonus when no child has it. The law is the procedure's above: the first child is accepted
+with probability p(x1); given it was not, y follows p with x1 zeroed and renormalised, which is
+the residual the next child is tried against; given every child was rejected, y follows the
+final residual. And y does not depend on the drafts, so a seeded request emits the same tokens
+with any tree (or none) as plain sampling.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from taps_ray.decoding.sampling import sample_token
+from taps_ray.decoding.sampling import PositionDraws, inverse_cdf
 from taps_ray.decoding.tree import DraftTree, children_lists
 
 
@@ -58,51 +66,25 @@ def _matching_child(kids: list[int], tokens: list[int], target_token: int) -> in
 
 def verify_stochastic(
     tree: DraftTree,
-    target_probs: torch.Tensor,  # [n+1, V] on the generator's device; row k+1: after node k
-    generator: torch.Generator,
+    target_probs: torch.Tensor,  # [n+1, V]; row k+1: after node k
+    draws: PositionDraws,  # the request's draws, at the root's next position; advanced here
 ) -> VerifyResult:
     """Lossless multi-candidate rejection sampling down the tree (see the module docstring)."""
     _check_rows(tree, target_probs)
     children, tokens = children_lists(tree), tree.tokens.tolist()
     node, accepted = -1, []
     while True:
-        residual = _checked_row(target_probs, node + 1)  # [V] float64 copy
-        child = _try_children(residual, children[node + 1], tokens, generator)
+        y = inverse_cdf(_checked_row(target_probs, node + 1), draws.uniform(len(accepted)))
+        child = next((k for k in children[node + 1] if tokens[k] == y), None)
         if child is None:
-            return VerifyResult(accepted, sample_token(residual, generator))
+            draws.advance(len(accepted) + 1)
+            return VerifyResult(accepted, y)
         node = child
         accepted.append(child)
 
 
-def _try_children(
-    residual: torch.Tensor,  # [V] float64, modified in place: rejected tokens are zeroed
-    kids: list[int],
-    tokens: list[int],
-    generator: torch.Generator,
-) -> int | None:
-    """Try each distinct child token in turn; return the accepted child, or None.
-
-    Why the residual never runs empty: x is rejected only when u >= p(x) / mass with u < 1, so
-    p(x) < mass, so some other token still has positive probability. (If x holds all the
-    remaining mass, the float sum equals p(x) exactly, the ratio is exactly 1 and x is always
-    accepted.) So the residual is non-empty whenever the row was, and `_checked_row` rejects
-    empty or non-finite rows up front; no fallback distribution is needed.
-    """
-    tried: set[int] = set()
-    for kid in kids:
-        x = tokens[kid]
-        if x in tried:  # a duplicate sibling token was already judged (and zeroed)
-            continue
-        tried.add(x)
-        u = torch.rand((), dtype=torch.float64, device=generator.device, generator=generator)
-        if float(u) < float(residual[x]) / float(residual.sum()):
-            return kid
-        residual[x] = 0.0
-    return None
-
-
-def _checked_row(target_probs: torch.Tensor, row: int) -> torch.Tensor:  # -> [V] float64 copy
-    p = target_probs[row].to(torch.float64, copy=True)
+def _checked_row(target_probs: torch.Tensor, row: int) -> torch.Tensor:  # -> [V] float64
+    p = target_probs[row].to(torch.float64)
     mass = float(p.sum())
     if not (mass > 0 and mass < float("inf")) or bool((p < 0).any()):
         raise ValueError(

@@ -34,7 +34,7 @@ from taps_ray.decoding.engine import (
     default_stop_ids,
     finish_reason,
     pick_token,
-    sampling_generator,
+    sampling_draws,
     step_stats,
     verify_tree,
 )
@@ -59,7 +59,7 @@ class TargetActor:
         set_torch_threads(torch_threads)
         self.target = _load_target(target, device, dtype)
         self.runner = TargetRunner(self.target.model)
-        self.sampling, self.gen, self.stops = SamplingParams(), None, set()
+        self.sampling, self.draws, self.stops = SamplingParams(), None, set()
 
     def stop_ids(self) -> set[int]:
         return default_stop_ids(self.target)
@@ -69,10 +69,10 @@ class TargetActor:
                 stops: set[int]) -> tuple[int, Pairs]:
         """-> (first token, the prompt's pairs for the drafters)."""
         self.sampling, self.stops = sampling, stops
-        self.gen = sampling_generator(seed, self.runner.device)
+        self.draws = sampling_draws(seed)
         prompt = as_ids(prompt_ids, self.runner.device)
         feats = self.runner.prefill(prompt)  # [L, d]
-        root = pick_token(self.runner.logits(feats[-1:]), sampling, self.gen)
+        root = pick_token(self.runner.logits(feats[-1:]), sampling, self.draws)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         return root, (feats.cpu(), nxt.cpu())
 
@@ -85,7 +85,7 @@ class TargetActor:
         verify_ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])
         feats = self.runner.verify(verify_ids, tree_position_offsets(tree),
                                    tree_attention_mask(tree))  # [n+1, d]
-        result = verify_tree(tree, self.runner, feats, self.sampling, self.gen)
+        result = verify_tree(tree, self.runner, feats, self.sampling, self.draws)
         committed, finished = clip_at_stop(
             result.accepted_tokens(tree) + [result.bonus_token], self.stops, budget
         )

@@ -43,8 +43,12 @@ def test_json_reports_speed(tiny_folder, cache, capsys, policy):  # noqa: F811
         assert "`taps-ray calibrate` would give it a head start" in captured.err
 
 
-def test_check_lossless_adaptive_prompt_lookup(tiny_folder, cache, capsys):  # noqa: F811
-    args = generate(tiny_folder, "--drafter", "prompt-lookup:num_tokens=4", "--check-lossless")
+@pytest.mark.parametrize("sampling", [[], ["--temperature", "0.9", "--top-k", "8", "--seed", "3"]],
+                         ids=["greedy", "sampled"])
+def test_check_lossless_adaptive_prompt_lookup(tiny_folder, cache, capsys,  # noqa: F811
+                                               sampling):
+    args = generate(tiny_folder, "--drafter", "prompt-lookup:num_tokens=4", "--check-lossless",
+                    *sampling)
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["lossless"] is True and report["policy"] == "adaptive"

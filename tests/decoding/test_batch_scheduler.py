@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from taps_ray.config.schema import TreeConfig
-from taps_ray.decoding.adaptive import FixedPolicy, make_policy
+from taps_ray.decoding.adaptive import make_policy
 from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
 from taps_ray.decoding.prompt_lookup import PromptLookupDrafter
 from taps_ray.decoding.sampling import SamplingParams
@@ -88,25 +88,28 @@ def test_greedy_requests_equal_their_solo_decoding(target, speculation):
     assert snap.tokens == sum(len(t) for t, _ in results)
 
 
-def test_per_request_sampling_and_seeds(target):
-    """Each sequence samples from its own seeded generator with its own parameters: a seeded
-    request gives the same tokens alone and in a batch."""
+@pytest.mark.parametrize("speculation", ["cost", "sequence"])
+def test_per_request_sampling_and_seeds(target, speculation):
+    """Each sequence samples with its own parameters from its own position-keyed draws: a
+    seeded request gives plain sampling's tokens whatever was drafted, however its trees were
+    cut and whoever shared its batch."""
     params = [SamplingParams(0.8), SamplingParams(1.0, top_p=0.9), SamplingParams(0.7, top_k=5),
               GREEDY, SamplingParams(1.2, 0.8, 8)]
     reqs = [SequenceRequest([3, 1, 4, 1, 5][: 2 + i], p, 12 + i, set(), 100 + i)
             for i, p in enumerate(params)]
     reqs.append(SequenceRequest([2], SamplingParams(1.0), 1, set(), 5))  # done at prefill
-    engine = lookup_engine(target, FixedPolicy())
-    spec = SequenceRequest([1, 2, 3] * 4, SamplingParams(0.9), 20, set(), 7, engine)
-    with BatchScheduler(target, BatchSettings(speculation="sequence")) as scheduler:
-        handles = [scheduler.submit(r) for r in [*reqs, spec]]
-        outputs = [drain(h)[0] for h in handles]
-    for request, tokens in zip(reqs, outputs[:-1], strict=True):
+    reqs += [SequenceRequest([1, 2, 3] * 4, SamplingParams(0.9), 20, set(), 7,
+                             lookup_engine(target)),
+             SequenceRequest([4, 5] * 6, SamplingParams(1.0, top_k=6), 24, set(), 8,
+                             eagle_engine(target))]
+    with BatchScheduler(target, BatchSettings(speculation=speculation)) as scheduler:
+        handles = [scheduler.submit(r) for r in reqs]
+        results = [drain(h) for h in handles]
+    for request, (tokens, _) in zip(reqs, results, strict=True):
         assert tokens == alone(target, request)
-    solo = lookup_engine(target, FixedPolicy()).generate([1, 2, 3] * 4, SamplingParams(0.9), 20,
-                                                         set(), 7)
-    assert outputs[-1] == solo.tokens
-    assert len({tuple(t) for t in outputs[:3]}) == 3  # different seeds, different samples
+    assert len({tuple(t) for t, _ in results[:3]}) == 3  # different seeds, different samples
+    if speculation == "sequence":  # drafts were accepted at T > 0, yet the tokens are plain's
+        assert sum(s.accepted for _, stats in results[-2:] for s in stats) > 0
 
 
 def test_cancel_leaves_the_batch_and_frees_its_row(target):

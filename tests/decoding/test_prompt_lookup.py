@@ -18,7 +18,7 @@ from taps_ray.decoding.prompt_lookup import (
     parse_prompt_lookup,
 )
 from taps_ray.decoding.proposer import DrafterSession, draft_many, make_session
-from taps_ray.decoding.sampling import SamplingParams
+from taps_ray.decoding.sampling import PositionDraws, SamplingParams
 from taps_ray.decoding.verify import verify_greedy, verify_stochastic
 from taps_ray.errors import TapsError
 from taps_ray.evaluation.bench import load_drafter_set
@@ -106,7 +106,7 @@ def test_an_empty_tree_verifies_as_a_plain_step():
     logits = torch.tensor([[0.0, 3.0, 1.0]])  # [n+1 = 1, V]
     assert verify_greedy(empty, logits).accepted_nodes == []
     assert verify_greedy(empty, logits).bonus_token == 1
-    out = verify_stochastic(empty, torch.tensor([[0.0, 0.0, 1.0]]), torch.Generator())
+    out = verify_stochastic(empty, torch.tensor([[0.0, 0.0, 1.0]]), PositionDraws(0))
     assert (out.accepted_nodes, out.bonus_token) == ([], 2)
 
 

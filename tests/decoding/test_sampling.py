@@ -10,7 +10,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from taps_ray.decoding.sampling import SamplingParams, logits_to_probs, sample_token
+from taps_ray.decoding.sampling import PositionDraws, SamplingParams, inverse_cdf, logits_to_probs
 
 SETTINGS = [
     SamplingParams(temperature=0.7),
@@ -75,12 +75,34 @@ def test_greedy_gives_one_hot_argmax():
     assert probs.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]  # ties: first maximum
 
 
-def test_sample_token_is_seeded_and_respects_zeros():
-    probs = torch.tensor([0.0, 0.3, 0.0, 0.7])
-    draws = [sample_token(probs, torch.Generator().manual_seed(s)) for s in range(200)]
-    again = [sample_token(probs, torch.Generator().manual_seed(s)) for s in range(200)]
-    assert draws == again
-    assert set(draws) == {1, 3}
+def test_inverse_cdf_respects_zeros_and_interval_edges():
+    probs = torch.tensor([0.0, 0.25, 0.0, 0.75, 0.0])  # exact in binary
+    assert [inverse_cdf(probs, u) for u in (0.0, 0.2499, 0.25, 0.9999)] == [1, 1, 3, 3]
+    assert inverse_cdf(probs, 1.0) == 3  # u * mass rounded up to the mass: never a zero tail
+    assert inverse_cdf(probs * 5, 0.5) == 3  # unnormalised
+
+
+def test_position_draws_are_keyed_by_seed_and_position_only():
+    draws = PositionDraws(7)
+    ahead = [draws.uniform(k) for k in range(5)]
+    taken = []
+    for _ in range(5):
+        taken.append(draws.uniform())
+        draws.advance(1)
+    assert taken == ahead == [PositionDraws(7, k).uniform() for k in range(5)]
+    assert all(0.0 <= u < 1.0 for u in ahead) and len(set(ahead)) == 5
+    assert PositionDraws(8).uniform() != PositionDraws(7).uniform()
+
+
+def test_position_draws_sample_the_distribution():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    draws = PositionDraws(3)
+    counts = torch.bincount(torch.tensor([draws.take(probs) for _ in range(20_000)]),
+                            minlength=4).double()
+    expected = probs.double() * 20_000
+    stat = float(((counts[expected > 0] - expected[expected > 0]) ** 2
+                  / expected[expected > 0]).sum())
+    assert counts[1] == 0 and stat < 13.8  # chi-square, 2 dof: p > 0.001
 
 
 @pytest.mark.parametrize(

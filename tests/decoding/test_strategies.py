@@ -304,6 +304,9 @@ def test_sampling_follows_the_target_law(name, chain):
         result = engine.generate(prompt, SAMPLED, SAMPLED_NEW, set(), seed=seed)
         runs.append((prompt, result.tokens))
         results.append(result)
+        # position-keyed draws: whatever was drafted, the tokens are plain sampling's
+        assert result.tokens == generate_plain(target, prompt, SAMPLED, SAMPLED_NEW, set(),
+                                               seed=seed).tokens
     counts = transition_counts(runs, law.shape[0])
     assert transition_p_value(counts, law) > 1e-3
     assert top_share_p_value(counts, law) > 1e-3  # catches an acceptance ratio skewed by 1.2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from taps_ray.decoding.sampling import SamplingParams, logits_to_probs
+from taps_ray.decoding.sampling import PositionDraws, SamplingParams, logits_to_probs
 from taps_ray.decoding.tree import DraftTree
 from taps_ray.decoding.verify import clip_at_stop, verify_greedy, verify_stochastic
 
@@ -85,36 +85,37 @@ def test_wrong_row_count_raises():
 
 
 def test_stochastic_equals_greedy_on_one_hot_probs():
-    gen = torch.Generator().manual_seed(0)
+    gen, draws = torch.Generator().manual_seed(0), PositionDraws(0)
     tree = DraftTree.make_dummy([-1, -1, -1, 0, 0, 1, 3], [1, 2, 3, 4, 5, 6, 7])
     for _ in range(50):
         logits = torch.randn(tree.size + 1, 8, generator=gen)
         logits[0, 1 + int(torch.randint(0, 3, (), generator=gen))] += 5  # often accept a child
         probs = logits_to_probs(logits, SamplingParams())  # the temperature -> 0 limit
-        assert verify_stochastic(tree, probs, gen) == verify_greedy(tree, logits)
+        assert verify_stochastic(tree, probs, draws) == verify_greedy(tree, logits)
 
 
 def test_stochastic_is_seeded():
     tree = DraftTree.make_dummy([-1, -1, 0, 1])
     probs = torch.rand(5, V, generator=torch.Generator().manual_seed(3))
-    first = [verify_stochastic(tree, probs, torch.Generator().manual_seed(s)) for s in range(30)]
-    again = [verify_stochastic(tree, probs, torch.Generator().manual_seed(s)) for s in range(30)]
+    first = [verify_stochastic(tree, probs, PositionDraws(s)) for s in range(30)]
+    again = [verify_stochastic(tree, probs, PositionDraws(s)) for s in range(30)]
     assert first == again
+    assert len({(r.bonus_token, tuple(r.accepted_nodes)) for r in first}) > 3  # seeds differ
 
 
 def test_stochastic_rejected_token_is_never_the_bonus():
     tree = DraftTree.make_dummy([-1], [0])
     probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
-    gen = torch.Generator().manual_seed(0)
+    draws = PositionDraws(0)
     for _ in range(200):
-        result = verify_stochastic(tree, probs, gen)
+        result = verify_stochastic(tree, probs, draws)
         assert result.bonus_token == (0 if result.accepted_nodes else 1)
 
 
 def test_stochastic_rejects_rows_without_mass():
     tree = DraftTree.chain([1])
     with pytest.raises(ValueError, match="row 0"):
-        verify_stochastic(tree, torch.zeros(2, 4), torch.Generator())
+        verify_stochastic(tree, torch.zeros(2, 4), PositionDraws(0))
 
 
 # ------------------------------------------------------------- distribution (lossless)
@@ -139,10 +140,10 @@ def chi_square_p_value(observed: torch.Tensor, expected: torch.Tensor) -> float:
 
 def emitted_pairs(tree: DraftTree, probs: torch.Tensor) -> list[list[int]]:
     """First two emitted tokens (accepted + bonus) of N_TRIALS seeded verifications."""
-    gen = torch.Generator().manual_seed(1234)
+    draws = PositionDraws(1234)
     out = []
     for _ in range(N_TRIALS):
-        result = verify_stochastic(tree, probs, gen)
+        result = verify_stochastic(tree, probs, draws)
         out.append((result.accepted_tokens(tree) + [result.bonus_token])[:2])
     return out
 
