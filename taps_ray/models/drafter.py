@@ -13,6 +13,11 @@ Two layouts of the decoder, recorded in taps.json (`layout`; files without it ar
 - "eagle": the published EAGLE-1/2 layout (EAGLE `eagle/model/cnets1.py`, inherited by HASS and
   the TAPS study): layer 0 has no input norm and no final norm follows, so the target's LM head
   reads the layer's output. vLLM and SGLang load this one (see `eagle_format.py`).
+
+EAGLE-3 heads (`eagle3.py`, layout "eagle3") are saved in EAGLE-3's published layout: the
+weights under their published names (fc, midlayer.*, norm, lm_head, d2t, t2d) and a 1-layer
+`LlamaForCausalLMEagle3` draft config (`eagle3_config`) that vLLM and SGLang read; taps.json
+records the three aux layers (HF hidden-state indices, 0 = embeddings).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from torch import nn
 from taps_ray.errors import TapsError
 
 _FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
-LAYOUTS = ("taps", "eagle")
+LAYOUTS = ("taps", "eagle")  # EagleDrafter's; EAGLE-3 heads are layout "eagle3" (eagle3.py)
+EAGLE3 = "eagle3"
+EAGLE3_ARCH = "LlamaForCausalLMEagle3"  # vLLM and SGLang register this name for EAGLE-3 heads
 CONFIG_FILE, WEIGHTS_FILE, META_FILE = "config.json", "model.safetensors", "taps.json"
 
 
@@ -43,7 +50,9 @@ class DrafterMeta:
     tokenizer_fingerprint: str = ""  # sha256 of the target vocabulary
     data: dict = field(default_factory=dict)  # mixture spec and exact counts drawn
     draft_vocab_size: int = 0  # 0 = full vocabulary
-    layout: str = "taps"  # taps | eagle (published EAGLE-1/2: no input/final norm); see LAYOUTS
+    layout: str = "taps"  # taps | eagle (published EAGLE-1/2: no input/final norm) | eagle3
+    aux_layers: list = field(default_factory=list)  # eagle3: the 3 target hidden-state indices
+    # fc fuses (HF output_hidden_states index: 0 = embeddings, i = the input of layer i)
     extra: dict = field(default_factory=dict)  # training summary, averaging weights,
     # confidence_calibration (taps-ray drafter calibrate; absent = raw confidences), ...
 
@@ -143,17 +152,25 @@ def tokenizer_fingerprint(tokenizer: object) -> str:
 def untrained_drafter(
     target: object, seed: int = 0, draft_vocab_size: int = 0, layout: str = "taps"
 ) -> EagleDrafter:
-    """A randomly initialised head: a valid drafter for tests and the lossless check."""
+    """A randomly initialised head: a valid drafter for tests and the lossless check
+    (layout "eagle3": an Eagle3Drafter with the default aux layers)."""
     torch.manual_seed(seed)
     vocab = None
     if draft_vocab_size:
         vocab = torch.arange(min(draft_vocab_size, target.model.config.vocab_size))
-    drafter = EagleDrafter(target.model.config, vocab, layout).to(target.device, target.dtype)
+    if layout == EAGLE3:
+        from taps_ray.models.eagle3 import Eagle3Drafter
+
+        drafter = Eagle3Drafter(target.model.config, vocab)
+    else:
+        drafter = EagleDrafter(target.model.config, vocab, layout)
+    drafter = drafter.to(target.device, target.dtype)
     tokenizer = getattr(target, "tokenizer", None)
     drafter.meta = DrafterMeta(
         target=target.name,
         draft_vocab_size=draft_vocab_size,
         layout=layout,
+        aux_layers=list(getattr(drafter, "aux_layers", ())),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
     )
     return drafter.eval().requires_grad_(False)
@@ -162,16 +179,22 @@ def untrained_drafter(
 def save_drafter(drafter: EagleDrafter, path: str | Path, meta: DrafterMeta) -> Path:
     """Write config.json + model.safetensors + taps.json atomically (temp folder, then rename).
 
-    taps.json records the drafter's own layout, whatever `meta` says."""
+    taps.json records the drafter's own layout (and an EAGLE-3 head's draft vocabulary size and
+    aux layers), whatever `meta` says."""
     from safetensors.torch import save_file
 
     meta = replace(meta, layout=drafter.layout)
+    config = drafter.target_config.to_json_string()
+    if drafter.layout == EAGLE3:
+        meta = replace(meta, draft_vocab_size=drafter.draft_vocab_size,
+                       aux_layers=list(drafter.aux_layers))
+        config = json.dumps(eagle3_config(drafter), indent=2)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_FILE))
-    (tmp / CONFIG_FILE).write_text(drafter.target_config.to_json_string())
+    (tmp / CONFIG_FILE).write_text(config)
     (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
     if path.exists():
         _replace_dir(tmp, path)
@@ -180,24 +203,61 @@ def save_drafter(drafter: EagleDrafter, path: str | Path, meta: DrafterMeta) -> 
     return path
 
 
+def eagle3_config(drafter: object) -> dict:
+    """An EAGLE-3 head's config.json: the target's config as the 1-layer draft model vLLM and
+    SGLang build (`LlamaForCausalLMEagle3`, draft_vocab_size, target_hidden_size, aux layer ids
+    in vLLM's numbering = ours); target_num_hidden_layers lets `read_drafter` rebuild it."""
+    config = drafter.target_config.to_dict()
+    config.pop("layer_types", None)  # per target layer; the one draft layer is full attention
+    config.update(
+        architectures=[EAGLE3_ARCH],
+        num_hidden_layers=1,
+        tie_word_embeddings=False,  # SGLang would reuse embed_tokens as the LM head
+        draft_vocab_size=drafter.draft_vocab_size,
+        target_hidden_size=drafter.target_config.hidden_size,
+        target_num_hidden_layers=drafter.target_config.num_hidden_layers,
+        eagle_config={"eagle_aux_hidden_state_layer_ids": list(drafter.aux_layers),
+                      "use_aux_hidden_state": True},
+    )
+    return config
+
+
 def load_drafter(path: str | Path, target: object) -> EagleDrafter:
     """Load a saved drafter for `target`; a mismatched or damaged checkpoint is a user error."""
-    from transformers import AutoConfig
-
     path = _check_folder(path)
     meta = _read_meta(path / META_FILE)
-    check_compatible(AutoConfig.from_pretrained(path), meta, target, path)
-    drafter = _build(path, target.model.config, meta)
+    config = _read_config(path, meta)
+    check_compatible(config, meta, target, path)
+    drafter = _build(path, config if meta.layout == EAGLE3 else target.model.config, meta)
+    if meta.layout == EAGLE3:
+        _check_aux_fits(drafter, target, path)
     return drafter.to(target.device, target.dtype).eval().requires_grad_(False)
 
 
 def read_drafter(path: str | Path) -> EagleDrafter:
     """A saved drafter on the CPU, built from its own config.json (no target needed: export)."""
-    from transformers import AutoConfig
-
     path = _check_folder(path)
     meta = _read_meta(path / META_FILE)
-    return _build(path, AutoConfig.from_pretrained(path), meta).eval().requires_grad_(False)
+    return _build(path, _read_config(path, meta), meta).eval().requires_grad_(False)
+
+
+def _read_config(path: Path, meta: DrafterMeta) -> object:
+    """The folder's config.json; for EAGLE-3 the target's config again (its layer count back)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise TapsError(f"drafter config '{path / CONFIG_FILE}' is damaged ({err}); "
+                        "retrain the drafter") from None
+    if meta.layout != EAGLE3:
+        return config
+    layers = getattr(config, "target_num_hidden_layers", None)
+    if not isinstance(layers, int) or layers < 1:
+        raise TapsError(f"EAGLE-3 drafter config '{path / CONFIG_FILE}' lacks "
+                        "target_num_hidden_layers; save the head again with taps-ray")
+    config.num_hidden_layers = layers
+    return config
 
 
 def _check_folder(path: str | Path) -> Path:
@@ -212,17 +272,15 @@ def _check_folder(path: str | Path) -> Path:
 
 def _build(path: Path, config: object, meta: DrafterMeta) -> EagleDrafter:
     """The head of `meta.layout` over `config` with the weights in `path` (strictly matched)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    state = _load_state(path)
+    if meta.layout == EAGLE3:
+        drafter = _eagle3_head(state, config, meta, path)
+    else:
+        drafter = EagleDrafter(config, state.get("draft_vocab"), meta.layout)
     try:
-        state = load_file(str(path / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as err:
-        raise TapsError(
-            f"drafter weights '{path / WEIGHTS_FILE}' are corrupted ({err}); retrain it"
-        ) from None
-    drafter = EagleDrafter(config, state.get("draft_vocab"), meta.layout)
-    missing, unexpected = drafter.load_state_dict(state, strict=False)
+        missing, unexpected = drafter.load_state_dict(state, strict=False)
+    except RuntimeError:  # a shape that does not fit the config
+        missing, unexpected = [], [_misshapen(drafter, state)]
     if missing or unexpected:
         raise TapsError(
             f"drafter weights in '{path}' do not match the head of layout '{meta.layout}' "
@@ -230,6 +288,64 @@ def _build(path: Path, config: object, meta: DrafterMeta) -> EagleDrafter:
         )
     drafter.meta = meta
     return drafter
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as err:
+        raise TapsError(
+            f"drafter weights '{path / WEIGHTS_FILE}' are corrupted ({err}); retrain it"
+        ) from None
+
+
+def _eagle3_head(state: dict, config: object, meta: DrafterMeta, path: Path) -> object:
+    """An empty Eagle3Drafter for the saved d2t / aux layers; d2t and t2d must agree."""
+    from taps_ray.models.eagle3 import Eagle3Drafter
+
+    d2t = state.get("d2t")
+    if d2t is None or d2t.dim() != 1:
+        raise TapsError(f"EAGLE-3 drafter weights in '{path}' have no d2t draft-vocabulary map; "
+                        "save the head again with taps-ray")
+    ids = torch.arange(d2t.numel()) + d2t.long()
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise TapsError(f"EAGLE-3 drafter '{path}' has a d2t map whose target ids are not "
+                        "increasing; save the head again with taps-ray")
+    aux = meta.aux_layers or (getattr(config, "eagle_config", None) or {}).get(
+        "eagle_aux_hidden_state_layer_ids")
+    try:
+        drafter = Eagle3Drafter(config, ids, tuple(aux) if aux else None)
+    except TapsError as err:
+        raise TapsError(f"EAGLE-3 drafter '{path}' is damaged: {err}") from None
+    if "t2d" in state and not torch.equal(state["t2d"].bool(), drafter.t2d):
+        raise TapsError(f"EAGLE-3 drafter '{path}' has t2d and d2t maps that disagree; "
+                        "save the head again with taps-ray")
+    return drafter
+
+
+def _misshapen(drafter: nn.Module, state: dict) -> str:
+    ours = drafter.state_dict()
+    return next((f"{k} has shape {list(v.shape)}, expected {list(ours[k].shape)}"
+                 for k, v in state.items() if k in ours and v.shape != ours[k].shape), "shapes")
+
+
+def _check_aux_fits(drafter: object, target: object, path: Path) -> None:
+    """An EAGLE-3 head reads three hidden states of the target: they must exist there."""
+    from taps_ray.models.eagle3 import check_aux_layers
+
+    layers = target.model.config.num_hidden_layers
+    if drafter.target_config.num_hidden_layers != layers:
+        raise TapsError(f"EAGLE-3 drafter '{path}' was built for a target of "
+                        f"{drafter.target_config.num_hidden_layers} layers but target "
+                        f"'{target.name}' has {layers}; train a drafter for this target")
+    try:
+        check_aux_layers(drafter.aux_layers, layers)
+    except TapsError as err:
+        raise TapsError(f"EAGLE-3 drafter '{path}' does not fit target '{target.name}': "
+                        f"{err}") from None
 
 
 def check_compatible(config: object, meta: DrafterMeta, target: object, path: Path) -> None:
