@@ -39,6 +39,21 @@ def regenerate_records(target, records: Sequence[Record], spec_key: dict, max_ne
     return out
 
 
+def cached_prefix(target, records: Sequence[Record], spec_key: dict, max_new_tokens: int,
+                  shard_size: int = 64) -> list[Record]:
+    """The leading `records` whose regenerated answers are already cached (finished shards of
+    the run with this `spec_key`, up to the first missing one): a still-running regeneration
+    can be trained on without waiting for it or generating anything."""
+    folder = _folder(target, spec_key, max_new_tokens)
+    out: list[Record] = []
+    for index, start in enumerate(range(0, len(records), shard_size)):
+        done = _read_shard(folder / f"shard-{index:05d}.jsonl", records[start:start + shard_size])
+        if done is None:
+            break
+        out += done
+    return out
+
+
 def _generate_shard(target, shard: Sequence[Record], max_new: int, batch: int) -> list[Record]:
     answers: list[list[str]] = [[] for _ in shard]
     turns = max(len(user_turns(r)) for r in shard)

@@ -1,0 +1,187 @@
+"""Learning curve (issue 18, deliverable 3): replay tau on the four benchmarks vs training tokens.
+
+Heads are trained on nested prefixes (roughly doubling) of the target's own regenerated answers
+(self-distillation: `runs/selfdistill/regen.py` fills the cache), one head per method and size,
+all with the same recipe; each is replayed at T = 0 on the same benchmark prompts. A log-linear
+fit tau = a + b * log2(tokens) per method and benchmark gives the tau a larger recipe would
+reach, estimated rather than guessed. Every stage resumes: features, heads and evaluations
+already on disk are reused.
+
+    python benchmarks/learning_curve.py [--sizes 150,300,600,1200] [--methods eagle2,hass]
+        [--epochs 4] [--runs runs/learning-curve] [--out docs/results/learning-curve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+BENCHES = ["mt_bench", "gsm8k", "math500", "svamp"]
+REGEN = {"mixture": "math=1.0", "total": 4800, "seed": 0, "max_length": 384, "max_new": 192}
+
+
+def regenerated_prefix(target, limit: int) -> list:
+    """The first `limit` records of the background regeneration run whose answers are cached
+    (finished shards only: the run may still be going)."""
+    from taps_ray.config.schema import DataConfig
+    from taps_ray.data.mixture import build_mixture
+    from taps_ray.training.examples import DataSpec
+    from taps_ray.training.regenerate import cached_prefix
+
+    data = DataConfig(mixture=REGEN["mixture"], total=REGEN["total"], seed=REGEN["seed"],
+                      max_length=REGEN["max_length"], regenerate=True,
+                      regenerate_max_new_tokens=REGEN["max_new"])
+    records = build_mixture(data.mixture, data.total, data.seed).records
+    done = cached_prefix(target, records, DataSpec.from_config(data).as_dict(), REGEN["max_new"])
+    return done[:limit]
+
+
+def features_for(target, records: list, size: int):
+    """The feature cache of the first `size` regenerated conversations (built once)."""
+    from taps_ray.training.examples import DataSpec, render_examples
+    from taps_ray.training.features import FeatureCache, FeatureSpec
+
+    examples, _ = render_examples(target.tokenizer, records[:size], REGEN["max_length"])
+    label = f"{REGEN['mixture']} regenerated, first {size} of {REGEN['total']}"
+    spec = DataSpec(label, size, REGEN["seed"], REGEN["max_length"], True, REGEN["max_new"])
+    return FeatureCache.build(target, examples, FeatureSpec.for_target(target, spec, "fp16"))
+
+
+def loss_tokens(source) -> int:
+    return sum(int(mask.sum()) for _, mask in source.token_arrays())
+
+
+def train(target, source, method: str, size: int, epochs: int, folder: Path):
+    """One head (resumed from its checkpoint when interrupted); returns its folder."""
+    from taps_ray.config.schema import TrainingConfig
+    from taps_ray.models.drafter import DrafterMeta, tokenizer_fingerprint
+    from taps_ray.training.pipeline import draft_vocab_for
+    from taps_ray.training.trainer import train_drafter
+
+    drafter = folder / "drafter"
+    if (drafter / "taps.json").is_file():
+        return drafter
+    cfg = replace(TrainingConfig(), epochs=epochs, lr=5e-4, w_topk=1.0)
+    vocab = draft_vocab_for(target, source, 8192) if method == "eagle3" else None
+    meta = DrafterMeta(name=f"math{size}-{method}", target=str(target.name),
+                       tokenizer_fingerprint=tokenizer_fingerprint(target.tokenizer),
+                       data={"regenerated": REGEN, "conversations": size})
+    resume = (folder / "checkpoints").is_dir()
+    result = train_drafter(target, source, cfg, folder, method=method, meta=meta,
+                           draft_vocab=vocab, resume=resume)
+    return result.path
+
+
+def evaluate(target, drafter_dir: Path, prompts, out: Path) -> dict:
+    from taps_ray.config.schema import TreeConfig
+    from taps_ray.evaluation.runner import replay_taus
+    from taps_ray.models.drafter import load_drafter
+
+    if out.is_file():
+        return json.loads(out.read_text())
+    taus = replay_taus(target, load_drafter(drafter_dir, target), TreeConfig(60, 5, 10), prompts)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(taus, indent=2) + "\n")
+    os.replace(tmp, out)
+    return taus
+
+
+def fit(points: list[tuple[float, float]]) -> dict:
+    """Least squares tau = a + b * log2(tokens); r2 and the tau at 10x and 100x the largest."""
+    xs, ys = [math.log2(x) for x, _ in points], [y for _, y in points]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - (a + b * x)) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys) or 1e-12
+    top = max(x for x, _ in points)
+    return {"a": round(a, 4), "b_per_doubling": round(b, 4), "r2": round(1 - ss_res / ss_tot, 3),
+            "n": n, "tau_at_10x": round(a + b * math.log2(10 * top), 3),
+            "tau_at_100x": round(a + b * math.log2(100 * top), 3)}
+
+
+def plot(rows: list[dict], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(BENCHES), figsize=(4 * len(BENCHES), 3.4), sharey=True)
+    for ax, bench in zip(axes, BENCHES, strict=True):
+        for method in methods:
+            pts = sorted((r["loss_tokens_seen"], r["tau"][bench]) for r in rows
+                         if r["method"] == method)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_title(bench)
+        ax.set_xlabel("assistant tokens seen in training")
+    axes[0].set_ylabel("replay tau (T = 0, 60/5/10)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="150,300,600,1200")
+    parser.add_argument("--methods", default="eagle2,hass")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=8, help="replay prompts per benchmark")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--runs", default="runs/learning-curve")
+    parser.add_argument("--out", default="docs/results/learning-curve")
+    args = parser.parse_args()
+    import torch
+
+    from taps_ray.config.schema import EvaluationConfig
+    from taps_ray.evaluation.runner import replay_prompts
+    from taps_ray.models.target import load_target
+
+    torch.set_num_threads(2)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    methods = args.methods.split(",")
+    out, runs = Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    target = load_target("smollm2-135m-instruct")
+    records = regenerated_prefix(target, max(sizes))
+    if len(records) < max(sizes):
+        sys.exit(f"only {len(records)} regenerated answers are cached, {max(sizes)} needed; "
+                 "let runs/selfdistill/regen.py run longer or pass smaller --sizes")
+    evaluation = EvaluationConfig(benchmarks=BENCHES, prompts_per_benchmark=args.prompts,
+                                  seed=1, max_new_tokens=args.max_new_tokens)
+    prompts = replay_prompts(target, evaluation)
+    rows = []
+    for size in sizes:
+        source = features_for(target, records, size)
+        tokens = loss_tokens(source)
+        for method in methods:
+            start = time.time()
+            drafter = train(target, source, method, size, args.epochs, runs / f"{method}-{size}")
+            taus = evaluate(target, drafter, prompts, out / f"{method}-{size}.json")
+            summary = json.loads((drafter / "taps.json").read_text())["extra"]["training"]
+            rows.append({"method": method, "conversations": size, "loss_tokens": tokens,
+                         "epochs": args.epochs, "loss_tokens_seen": tokens * args.epochs,
+                         "final_loss": round(summary["final_loss"], 4),
+                         "final_acc": round(summary["final_acc"], 4), "tau": taus})
+            print(f"{method} {size}: tau {taus} ({time.time() - start:.0f} s)", flush=True)
+    fits = {m: {b: fit([(r["loss_tokens_seen"], r["tau"][b]) for r in rows if r["method"] == m])
+                for b in [*BENCHES, "mean"]} for m in methods}
+    summary = {"recipe": {"regenerated": REGEN, "epochs": args.epochs, "tree": "60/5/10",
+                          "replay": {"prompts_per_benchmark": args.prompts, "seed": 1,
+                                     "max_new_tokens": args.max_new_tokens}},
+               "rows": rows, "fits": fits}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(rows, methods, out / "learning-curve.png")
+    print(json.dumps(fits, indent=2))
+
+
+if __name__ == "__main__":
+    main()
