@@ -35,11 +35,13 @@ class DataConfig:
 
 @dataclass
 class DrafterConfig:
-    method: Literal["eagle2", "hass"] = "eagle2"  # training recipe the head is trained with
-    draft_vocab_size: int = 0  # 0: full target vocab; N: top-N frequent tokens (cheaper head)
+    # training recipe; eagle3 trains an EAGLE-3 head (three target layers, training-time test)
+    method: Literal["eagle2", "hass", "eagle3"] = "eagle2"
+    draft_vocab_size: int = 0  # 0: full target vocab (eagle3: 8192); N: top-N frequent tokens
     name: str = ""  # <data>-<method>, e.g. math-eagle2; derived from data + method when empty
     # eagle: the published EAGLE-1/2 layout (no input/final norm) that EAGLE/HASS checkpoints,
-    # vLLM and SGLang use; taps: layer with input + final norm (drafters before issue 17)
+    # vLLM and SGLang use; taps: layer with input + final norm (drafters before issue 17);
+    # eagle3 heads always have EAGLE-3's own layout
     layout: Literal["taps", "eagle"] = "eagle"
 
     def __post_init__(self) -> None:
@@ -87,7 +89,7 @@ class TrainingConfig:
     w_ce: float = 0.1  # cross-entropy weight against the target's next-token distribution
     topk: int = 10  # HASS: K of the top-K distillation loss
     w_topk: float = 1.0  # HASS: weight of the top-K loss
-    align_steps: int = 3  # HASS: context-alignment steps J
+    align_steps: int = 3  # HASS: context-alignment steps J; EAGLE-3: training-time-test steps
     seed: int = 0
     feature_dtype: Literal["fp32", "fp16"] = "fp16"  # storage type of cached target features
 

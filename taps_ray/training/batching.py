@@ -3,6 +3,9 @@
 A conversation of T tokens gives P = T - 1 pairs. Pair t = (f_t, x_{t+1}) predicts f_{t+1}
 (regression target) and, through the LM head, x_{t+2}; it carries loss only when x_{t+2} is an
 assistant token, so the last pair (no x_{T}) never does.
+
+EAGLE-3 rows are [T, 4d] = [final | aux...]: its pair t reads the aux columns of f_t (the head's
+`fc` fuses them) and its target is the final columns of f_{t+1} (`collate_pairs(..., final=d)`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ GROUP = 16  # batches per length-sorted group: less padding, order still shuffle
 class PairBatch:
     """B conversations as drafter pairs, right-padded to P = max(T_i) - 1."""
 
-    features: torch.Tensor  # [B, P, d] fp32 f_t, the drafter's feature input
+    features: torch.Tensor  # [B, P, d] fp32 f_t, the drafter's feature input ([B, P, 3d] aux_t
+    # for EAGLE-3)
     next_ids: torch.Tensor  # [B, P] long x_{t+1}, the drafter's token input
-    target_features: torch.Tensor  # [B, P, d] fp32 f_{t+1}
+    target_features: torch.Tensor  # [B, P, d] fp32 f_{t+1} (final columns)
     loss_mask: torch.Tensor  # [B, P] bool, x_{t+2} is an assistant token
     valid: torch.Tensor  # [B, P] bool, a real pair (not padding)
 
@@ -39,22 +43,26 @@ class PairBatch:
         return (self.features, self.next_ids, self.target_features, self.loss_mask, self.valid)
 
 
-def collate_pairs(items: Sequence[ConversationFeatures]) -> PairBatch:
-    """Right-pad B conversations (each >= 2 tokens) into one PairBatch on CPU."""
+def collate_pairs(items: Sequence[ConversationFeatures], final: int | None = None) -> PairBatch:
+    """Right-pad B conversations (each >= 2 tokens) into one PairBatch on CPU.
+
+    `final`: None = rows are plain features (input and target alike); d = EAGLE-3 rows, whose
+    columns [:d] are the target and [d:] the input."""
     pairs = max(len(item) for item in items) - 1
-    d = items[0].features.shape[-1]
+    width = items[0].features.shape[-1]
+    split = final or 0  # input columns start here; target columns end at `final or width`
     out = PairBatch(
-        features=torch.zeros(len(items), pairs, d),
+        features=torch.zeros(len(items), pairs, width - split),
         next_ids=torch.zeros(len(items), pairs, dtype=torch.long),
-        target_features=torch.zeros(len(items), pairs, d),
+        target_features=torch.zeros(len(items), pairs, final or width),
         loss_mask=torch.zeros(len(items), pairs, dtype=torch.bool),
         valid=torch.zeros(len(items), pairs, dtype=torch.bool),
     )
     for row, item in enumerate(items):
         p = len(item) - 1
-        feats = item.features.float()  # [T, d]
-        out.features[row, :p] = feats[:-1]
-        out.target_features[row, :p] = feats[1:]
+        feats = item.features  # [T, d | 4d]
+        out.features[row, :p] = feats[:-1, split:].float()
+        out.target_features[row, :p] = feats[1:, : final or width].float()
         out.next_ids[row, :p] = item.input_ids[1:].long()
         out.loss_mask[row, : p - 1] = item.loss_mask[2:].bool()
         out.valid[row, :p] = True

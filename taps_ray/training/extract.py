@@ -1,8 +1,11 @@
 """Teacher-forced target passes that turn token ids into target features.
 
 Features f_t are the target's last hidden states after the final norm: the output of
-`model.get_decoder()`. Conversations are sorted by length and grouped into right-padded batches
-under a token budget, so little compute goes to padding. Right padding needs no padding mask:
+`model.get_decoder()`. For an EAGLE-3 run (`aux_layers` given) each row also carries the hidden
+states of those layers: [final | aux_1 | aux_2 | aux_3] ([T, 4d], decoding/features.py).
+
+Conversations are sorted by length and grouped into right-padded batches under a token budget,
+so little compute goes to padding. Right padding needs no padding mask:
 under the causal mask a real token never attends to a later (pad) position, so its feature is
 exactly the unpadded one, and SDPA keeps its fast causal path.
 """
@@ -27,7 +30,8 @@ class ConversationFeatures:
 
     input_ids: torch.Tensor  # [T] int32
     loss_mask: torch.Tensor  # [T] uint8, 1 on assistant tokens
-    features: torch.Tensor  # [T, d] fp16/fp32 target last-layer features (after final norm)
+    features: torch.Tensor  # [T, d] fp16/fp32 final features (after the final norm), or
+    # [T, 4d] = [final | aux_1 | aux_2 | aux_3] for EAGLE-3 (decoding/features.py)
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -68,14 +72,19 @@ def forward_features(
     decoder: torch.nn.Module,  # target.model.get_decoder()
     id_lists: Sequence[Sequence[int]],  # B conversations of token ids
     device: torch.device,
-) -> list[torch.Tensor]:  # B tensors [T_i, d] on `device`, in the target's dtype
+    aux_layers: Sequence[int] = (),  # EAGLE-3 hidden-state indices; () = final features only
+) -> list[torch.Tensor]:  # B tensors [T_i, d or 4d] on `device`, in the target's dtype
     """One right-padded batched forward; returns each conversation's unpadded features."""
+    from taps_ray.decoding.features import with_aux
+
     longest = max(len(ids) for ids in id_lists)
     batch = torch.full((len(id_lists), longest), PAD_ID, dtype=torch.long)
     for row, ids in enumerate(id_lists):
         batch[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
     with attention_backends(device):
-        hidden = decoder(input_ids=batch.to(device), use_cache=False).last_hidden_state  # [B,T,d]
+        out = decoder(input_ids=batch.to(device), use_cache=False,
+                      output_hidden_states=bool(aux_layers))
+        hidden = with_aux(out.last_hidden_state, out.hidden_states, aux_layers)  # [B, T, d|4d]
     return [hidden[row, : len(ids)] for row, ids in enumerate(id_lists)]
 
 
@@ -84,12 +93,14 @@ def iter_conversation_features(
     examples: Sequence[RenderedExample],
     store_dtype: torch.dtype,
     max_batch_tokens: int | None = None,
+    aux_layers: Sequence[int] = (),  # EAGLE-3 hidden-state indices (rows become [T, 4d])
 ) -> Iterator[tuple[int, ConversationFeatures]]:
     """(index into `examples`, its features on CPU) in length-batched order."""
     budget = max_batch_tokens or default_batch_tokens(target.device)
     decoder = target.model.get_decoder()
     for batch in length_batches([len(ex.input_ids) for ex in examples], budget):
-        feats = forward_features(decoder, [examples[i].input_ids for i in batch], target.device)
+        ids = [examples[i].input_ids for i in batch]
+        feats = forward_features(decoder, ids, target.device, aux_layers)
         # One cast, one overflow check and one device-to-host copy per batch, then split.
         flat = torch.cat(feats).to(store_dtype)  # [sum T_i, d]
         if store_dtype == torch.float16 and not bool(torch.isfinite(flat).all()):

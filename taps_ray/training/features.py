@@ -1,12 +1,14 @@
 """Target features for drafter training: a sharded on-disk cache, or computed online.
 
 The cache lives at `cache_dir()/features/<key>/`, key = sha256 of (target name, target config +
-dtype hash, tokenizer fingerprint, data spec, feature dtype)[:16]. Conversation i is stored in
-shard i // shard_size. Finished shards are skipped when a build is rerun; shards are written
-under a temp name and renamed; `manifest.json` is written last and marks a complete cache.
+dtype hash, tokenizer fingerprint, data spec, feature dtype, EAGLE-3 aux layers if any)[:16].
+Rows are [T, d] final features, or [T, 4d] = [final | aux_1 | aux_2 | aux_3] for EAGLE-3.
+Conversation i is stored in shard i // shard_size. Finished shards are skipped when a build is
+rerun; shards are written under a temp name and renamed; `manifest.json` is written last and
+marks a complete cache.
 
 Both sources below give the trainer the same interface (`FeatureSource`): `lengths()`,
-`fetch(indices)`, `token_arrays()` and `hidden_size`.
+`fetch(indices)`, `token_arrays()`, `hidden_size` and `aux_layers`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torc
 class FeatureSource(Protocol):
     """What the trainer reads: conversations by index, with their lengths known up front."""
 
-    hidden_size: int
+    hidden_size: int  # d of the target (rows are d or 4d wide)
+    aux_layers: tuple[int, ...]  # EAGLE-3 hidden-state indices after the final columns; ()
 
     def __len__(self) -> int: ...
 
@@ -65,19 +68,28 @@ class FeatureSpec:
     tokenizer: str  # tokenizer fingerprint ("" for pre-tokenised examples without one)
     data: DataSpec
     dtype: str  # storage type of the features: fp16 | fp32
+    aux_layers: tuple[int, ...] = ()  # EAGLE-3 hidden-state indices stored after the final
 
     @classmethod
-    def for_target(cls, target: object, data: DataSpec, dtype: str) -> FeatureSpec:
+    def for_target(
+        cls, target: object, data: DataSpec, dtype: str, aux_layers: tuple[int, ...] = ()
+    ) -> FeatureSpec:
         from taps_ray.models.drafter import tokenizer_fingerprint
 
         if dtype not in DTYPES:
             raise TapsError(f"training.feature_dtype '{dtype}' is invalid; use fp16 or fp32")
         tokenizer = getattr(target, "tokenizer", None)
         fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer is not None else ""
-        return cls(str(target.name), target_hash(target), fingerprint, data, dtype)
+        aux = tuple(int(i) for i in aux_layers)
+        return cls(str(target.name), target_hash(target), fingerprint, data, dtype, aux)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "data": self.data.as_dict()}  # the data spec drops unused keys
+        blob = {**asdict(self), "data": self.data.as_dict()}  # the data spec drops unused keys
+        if not self.aux_layers:
+            del blob["aux_layers"]  # keeps the keys of EAGLE-2 / HASS caches built before it
+        else:
+            blob["aux_layers"] = list(self.aux_layers)
+        return blob
 
     def key(self) -> str:
         blob = json.dumps(self.as_dict(), sort_keys=True)
@@ -106,6 +118,7 @@ class FeatureCache:
         self.folder = Path(folder)
         self.manifest = manifest
         self.hidden_size = int(manifest["hidden_size"])
+        self.aux_layers = tuple(manifest["spec"].get("aux_layers", ()))
         self.shard_size = int(manifest["shard_size"])
         self._lengths = [int(n) for n in manifest["lengths"]]
         self._readers: dict[int, ShardReader] = {}
@@ -160,7 +173,7 @@ class FeatureCache:
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(folder)
         hidden = int(target.model.config.hidden_size)
-        _announce(folder, examples, hidden, spec.dtype, progress)
+        _announce(folder, examples, hidden * (1 + len(spec.aux_layers)), spec.dtype, progress)
         builder = _ShardBuilder(target, examples, spec, folder, shard_size, max_batch_tokens)
         shards, rate = builder.run(progress)
         manifest = _manifest(spec, examples, hidden, shard_size, shards, rate, extra or {})
@@ -226,8 +239,10 @@ class OnlineFeatures:
         examples: Sequence[RenderedExample],
         dtype: str = "fp32",
         max_batch_tokens: int | None = None,
+        aux_layers: tuple[int, ...] = (),  # EAGLE-3: rows [final | aux...]
     ):
         self.target = target
+        self.aux_layers = tuple(aux_layers)
         self.examples = list(examples)
         self.store_dtype = DTYPES[dtype]
         self.max_batch_tokens = max_batch_tokens
@@ -241,9 +256,8 @@ class OnlineFeatures:
 
     def fetch(self, indices: Sequence[int]) -> list[ConversationFeatures]:
         chosen = [self.examples[i] for i in indices]
-        got = dict(
-            iter_conversation_features(self.target, chosen, self.store_dtype, self.max_batch_tokens)
-        )
+        got = dict(iter_conversation_features(self.target, chosen, self.store_dtype,
+                                              self.max_batch_tokens, self.aux_layers))
         return [got[j] for j in range(len(chosen))]
 
     def __iter__(self) -> Iterator[ConversationFeatures]:
@@ -265,6 +279,7 @@ class _ShardBuilder:
     def __init__(self, target, examples, spec: FeatureSpec, folder: Path, size: int, budget):
         self.target, self.examples, self.folder = target, examples, folder
         self.size, self.budget, self.store_dtype = size, budget, DTYPES[spec.dtype]
+        self.aux_layers = spec.aux_layers
 
     def run(self, progress: bool) -> tuple[list[dict], float]:
         """Write every missing shard; returns (shard entries, tokens/s of the extraction)."""
@@ -298,7 +313,8 @@ class _ShardBuilder:
         return entries, done_tokens / seconds if done_tokens else 0.0
 
     def _extract(self, chosen: list[RenderedExample]) -> list[ConversationFeatures]:
-        got = dict(iter_conversation_features(self.target, chosen, self.store_dtype, self.budget))
+        got = dict(iter_conversation_features(self.target, chosen, self.store_dtype, self.budget,
+                                              self.aux_layers))
         return [got[j] for j in range(len(chosen))]
 
 
@@ -329,7 +345,7 @@ def _manifest(spec, examples, hidden, shard_size, shards, rate, extra) -> dict:
 
 
 def _announce(folder: Path, examples, hidden: int, dtype: str, progress: bool) -> None:
-    """Print the disk estimate (tokens x d x bytes) and refuse when the disk is too small."""
+    """Print the disk estimate (tokens x row width x bytes); refuse when the disk is too small."""
     tokens = sum(len(ex.input_ids) for ex in examples)
     need = tokens * hidden * DTYPES[dtype].itemsize + tokens * 5  # + ids (4 B) and mask (1 B)
     done = sum(p.stat().st_size for p in folder.glob("shard-*.safetensors"))  # resumed build

@@ -1,5 +1,6 @@
 """One drafter from an ExperimentConfig: mixture -> rendered conversations -> target features
-(cached or online) -> draft vocabulary -> training -> `<output_dir>/drafter`.
+(cached or online; with the aux layers for EAGLE-3) -> draft vocabulary -> training ->
+`<output_dir>/drafter`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,37 @@ import torch
 from taps_ray.models.drafter import DrafterMeta
 from taps_ray.training.examples import DataSpec, render_examples, require_assistant_tokens
 from taps_ray.training.features import FeatureCache, FeatureSource, FeatureSpec, OnlineFeatures
-from taps_ray.training.trainer import EpochHook, TrainResult, train_drafter
+from taps_ray.training.trainer import EpochHook, TrainResult, check_recipe, train_drafter
 from taps_ray.training.vocab import build_draft_vocab, special_token_ids
 
 _DOMAIN_OF_SOURCE = {"mathinstruct": "math", "sharegpt": "chat"}
+EAGLE3_DRAFT_VOCAB = 8192  # EAGLE-3's draft vocabulary when drafter.draft_vocab_size is 0
+
+
+def aux_layers_for(target: object, method: str) -> tuple[int, ...]:
+    """The hidden-state indices the features of `method` carry: EAGLE-3's three, else none."""
+    if method != "eagle3":
+        return ()
+    from taps_ray.models.eagle3 import default_aux_layers
+
+    return default_aux_layers(int(target.model.config.num_hidden_layers))
 
 
 def prepare_features(
-    target: object, data: object, feature_dtype: str, online: bool = False, progress: bool = True
+    target: object,
+    data: object,
+    feature_dtype: str,
+    online: bool = False,
+    progress: bool = True,
+    aux_layers: tuple[int, ...] = (),  # EAGLE-3: also store these hidden states (aux_layers_for)
 ) -> tuple[FeatureSource, dict]:
     """The training features for `data` (a DataConfig) and the counts drawn per source.
 
-    A finished cache is opened without drawing or rendering anything.
+    A finished cache is opened without drawing or rendering anything. Regenerated answers are
+    cached on their own, so an EAGLE-3 cache of regenerated data costs one target forward.
     """
     spec = DataSpec.from_config(data)
-    feature_spec = FeatureSpec.for_target(target, spec, feature_dtype)
+    feature_spec = FeatureSpec.for_target(target, spec, feature_dtype, aux_layers)
     if not online:
         cache = FeatureCache.find(feature_spec)
         if cache is not None:
@@ -45,15 +62,20 @@ def prepare_features(
     counts = {"drawn": dict(mixture.counts), "skipped_no_assistant": skipped,
               "conversations": len(examples)}
     if online:
-        return OnlineFeatures(target, examples, feature_dtype), counts
+        return OnlineFeatures(target, examples, feature_dtype, aux_layers=aux_layers), counts
     cache = FeatureCache.build(target, examples, feature_spec, extra={"counts": counts},
                                progress=progress)
     return cache, counts
 
 
-def draft_vocab_for(target: object, source: FeatureSource, size: int) -> torch.Tensor | None:
-    """None (full vocabulary) for size 0 or >= V; else the top-`size` ids of the data."""
+def draft_vocab_for(
+    target: object, source: FeatureSource, size: int, method: str = "eagle2"
+) -> torch.Tensor | None:
+    """None (full vocabulary) for size 0 or >= V; else the top-`size` ids of the data.
+    EAGLE-3 always has its own reduced head: size 0 means 8192 (capped at V)."""
     vocab_size = int(target.model.config.vocab_size)
+    if method == "eagle3" and size == 0:
+        size = EAGLE3_DRAFT_VOCAB
     if size == 0 or size >= vocab_size:
         return None
     return build_draft_vocab(source.token_arrays(), size, vocab_size, special_token_ids(target))
@@ -89,9 +111,11 @@ def train_from_config(
 
     if target is None:
         target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
+    method = cfg.drafter.method
+    check_recipe(cfg.training, method, target)  # before minutes of feature extraction
     source, counts = prepare_features(target, cfg.data, cfg.training.feature_dtype, online,
-                                      progress)
-    vocab = draft_vocab_for(target, source, cfg.drafter.draft_vocab_size)
+                                      progress, aux_layers_for(target, method))
+    vocab = draft_vocab_for(target, source, cfg.drafter.draft_vocab_size, method)
     meta = DrafterMeta(
         name=cfg.drafter.name or default_drafter_name(cfg.data, cfg.drafter.method),
         method=cfg.drafter.method,

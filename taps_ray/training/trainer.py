@@ -1,8 +1,10 @@
-"""The drafter training loop: EAGLE-2 (teacher forced) and HASS (plus top-K distillation and
-harmonized context alignment, see alignment.py), with atomic checkpoints and exact resume.
+"""The drafter training loop: EAGLE-2 (teacher forced), HASS (plus top-K distillation and
+harmonized context alignment, see alignment.py) and EAGLE-3 (training-time test over the head's
+own outputs, see eagle3.py), with atomic checkpoints and exact resume.
 
 Per step: fetch B conversations -> pairs -> J drafter passes (J = 1 for EAGLE-2), each pass's
-loss backpropagated -> clip -> AdamW -> warmup + cosine LR. Data order per epoch is seeded by
+loss backpropagated (EAGLE-3: one backward through all J steps) -> clip -> AdamW -> warmup +
+cosine LR. Data order per epoch is seeded by
 (seed, epoch), so a resumed run replays the same batches from where the checkpoint stopped.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 import torch
 
 from taps_ray.errors import TapsError
-from taps_ray.models.drafter import DrafterMeta, EagleDrafter, save_drafter
+from taps_ray.models.drafter import DrafterMeta, EagleDrafter, decoder_config, save_drafter
+from taps_ray.models.eagle3 import Eagle3Drafter
 from taps_ray.training.alignment import aligned_passes
 from taps_ray.training.batching import PairBatch, batches_per_epoch, collate_pairs, epoch_batches
 from taps_ray.training.checkpoint import (
@@ -29,19 +32,21 @@ from taps_ray.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from taps_ray.training.eagle3 import target_probs, ttt_forward, ttt_losses
 from taps_ray.training.features import FeatureSource
 from taps_ray.training.losses import LossWeights, drafter_losses, target_side
 from taps_ray.training.trainlog import CURVE_FILE, LOG_FILE, TrainLog, plot_loss_curve, read_log
 
-METHODS = ("eagle2", "hass")
-EpochHook = Callable[[int, EagleDrafter], "dict | None"]
+METHODS = ("eagle2", "hass", "eagle3")
+Drafter = EagleDrafter | Eagle3Drafter
+EpochHook = Callable[[int, Drafter], "dict | None"]
 _SUMMED = ("loss", "feature", "ce", "topk")
 PLOT_EVERY_S = 60.0  # redraw loss_curve.png at an epoch end only if the last one is older
 
 
 @dataclass
 class TrainResult:
-    drafter: EagleDrafter  # the trained head (fp32, eval mode, on the target's device)
+    drafter: Drafter  # the trained head (fp32, eval mode, on the target's device)
     path: Path | None  # <out>/drafter; None when stopped early by `stop_after`
     state: TrainState
     summary: dict  # also stored in the saved drafter's meta.extra["training"]
@@ -95,13 +100,12 @@ class DrafterTrainer:
         self.total_steps = min(cfg.max_steps or 10**18, cfg.epochs * per_epoch)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG left untouched
             torch.manual_seed(cfg.seed)
-            self.drafter = EagleDrafter(target.model.config, draft_vocab, _layout(meta))
+            self.drafter = _new_drafter(target, method, draft_vocab, meta, source)
         self.drafter.to(self.device).train()
         self.embed = target.model.get_input_embeddings()
-        lm_head = target.model.get_output_embeddings().weight
-        self.head = self.drafter.head_weight(lm_head).detach().float()  # [V', d]
+        self.head = _head_rows(self.drafter, target).detach().float()  # [V', d]
         self.weights = LossWeights.from_config(cfg, method)
-        self.passes = cfg.align_steps if method == "hass" else 1
+        self.passes = cfg.align_steps if method in ("hass", "eagle3") else 1
         self.optimizer, self.scheduler = self._optimizer()
         self.meta = replace(meta or DrafterMeta(target=str(target.name)), method=method,
                             draft_vocab_size=self.drafter.draft_vocab_size)
@@ -120,7 +124,7 @@ class DrafterTrainer:
 
     @property
     def run_key(self) -> dict:
-        return {
+        key = {
             "method": self.method,
             "training": asdict(self.cfg),
             "draft_vocab_size": self.drafter.draft_vocab_size,
@@ -128,6 +132,9 @@ class DrafterTrainer:
             "conversations": len(self.indices),
             "total_steps": self.total_steps,
         }
+        if self.method == "eagle3":  # only here: EAGLE-2 / HASS checkpoints keep their keys
+            key["aux_layers"] = list(self.drafter.aux_layers)
+        return key
 
     def run(self, resume, on_epoch_end, checkpoint_every, stop_after, progress) -> TrainResult:
         from tqdm import tqdm
@@ -180,7 +187,8 @@ class DrafterTrainer:
 
     def _train_step(self, indices: list[int]) -> dict:
         began = time.perf_counter()
-        batch = collate_pairs(self.source.fetch(indices)).to(self.device)
+        final = self.source.hidden_size if self.method == "eagle3" else None
+        batch = collate_pairs(self.source.fetch(indices), final).to(self.device)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.zero_grad(set_to_none=True)
         parts = self._forward_backward(batch)
@@ -197,6 +205,8 @@ class DrafterTrainer:
 
     def _forward_backward(self, batch: PairBatch) -> dict[str, float]:
         """All passes of one batch; gradients accumulate, parts are summed over passes."""
+        if self.method == "eagle3":
+            return self._ttt_forward_backward(batch)
         sel = batch.loss_mask  # [B, P]
         topk = self.weights.topk if self.weights.w_topk else 0
         target = target_side(batch.target_features[sel], self.head, topk)
@@ -211,6 +221,17 @@ class DrafterTrainer:
                 totals[key] += float(parts[key].detach())
             totals["acc" if j == 0 else "acc_aligned"] = float(parts["acc"])
         return totals
+
+    def _ttt_forward_backward(self, batch: PairBatch) -> dict[str, float]:
+        """EAGLE-3: J unrolled steps, one backward; row keys loss, ce/acc (step 0), ce_k/acc_k."""
+        probs = target_probs(batch.target_features[batch.loss_mask], self.head)  # [N, V']
+        embeds = self.embed(batch.next_ids).float()  # [B, P, d], frozen
+        outputs = ttt_forward(self.drafter, batch.features, embeds, self.passes, self.autocast)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            parts = ttt_losses(self.drafter, outputs, probs, batch.loss_mask)
+        parts["loss"].backward()
+        row = {key.replace("_0", ""): float(v.detach()) for key, v in parts.items()}
+        return row
 
     def _end_epoch(self, log: TrainLog, on_epoch_end: EpochHook | None) -> None:
         """Checkpoint first (a hook may hand `<out>/checkpoints/last` to Ray Tune), then the
@@ -231,7 +252,7 @@ class DrafterTrainer:
         plot_loss_curve(read_log(self.out_dir / LOG_FILE), self.out_dir / CURVE_FILE)
         self._plotted = time.monotonic()
 
-    def _eval_copy(self) -> EagleDrafter:
+    def _eval_copy(self) -> Drafter:
         """What hooks get: an eval-mode copy in the target's dtype (training state untouched)."""
         drafter = copy.deepcopy(self.drafter).to(self.target.dtype).eval().requires_grad_(False)
         drafter.meta = self._final_meta()
@@ -270,7 +291,8 @@ class DrafterTrainer:
         }
 
 
-def _check_settings(cfg, method: str, source: FeatureSource, target) -> None:
+def check_recipe(cfg, method: str, target) -> None:
+    """Settings and target checks that need no features (run before any are extracted)."""
     if method not in METHODS:
         raise TapsError(f"drafter.method '{method}' is unknown; use one of {', '.join(METHODS)}")
     if cfg.epochs < 1:
@@ -279,10 +301,19 @@ def _check_settings(cfg, method: str, source: FeatureSource, target) -> None:
         raise TapsError(f"training.max_steps must be >= 0 (got {cfg.max_steps}); 0 = no cap")
     if method == "hass" and (cfg.align_steps < 1 or cfg.topk < 1):
         raise TapsError("training.align_steps and training.topk must be >= 1 for HASS")
+    if method == "eagle3" and cfg.align_steps < 1:
+        raise TapsError(f"training.align_steps (the EAGLE-3 training-time-test steps) must be "
+                        f">= 1 (got {cfg.align_steps})")
     if not 0 <= cfg.warmup_ratio < 1:
         raise TapsError(f"training.warmup_ratio must be in [0, 1) (got {cfg.warmup_ratio})")
     if cfg.grad_clip <= 0:
         raise TapsError(f"training.grad_clip must be > 0 (got {cfg.grad_clip})")
+    decoder_config(target.model.config)  # an unsupported target family fails here, clearly
+
+
+def _check_settings(cfg, method: str, source: FeatureSource, target) -> None:
+    check_recipe(cfg, method, target)
+    _check_aux(method, tuple(getattr(source, "aux_layers", ())))
     check_target = getattr(source, "check_target", None)  # a FeatureCache knows its target
     if check_target is not None:
         check_target(target)
@@ -291,6 +322,30 @@ def _check_settings(cfg, method: str, source: FeatureSource, target) -> None:
             f"the features have hidden size {source.hidden_size} but target '{target.name}' has "
             f"{target.model.config.hidden_size}; build the feature cache for this target"
         )
+
+
+def _check_aux(method: str, aux_layers: tuple[int, ...]) -> None:
+    """EAGLE-3 reads [final | aux...] rows; EAGLE-2 / HASS read plain final features."""
+    if method == "eagle3" and not aux_layers:
+        raise TapsError("drafter.method eagle3 needs features with the target's aux layers; "
+                        "prepare them with aux_layers (train_from_config does) or train online")
+    if method != "eagle3" and aux_layers:
+        raise TapsError(f"these features carry EAGLE-3 aux layers {list(aux_layers)}; train "
+                        f"drafter.method {method} on features built without them")
+
+
+def _new_drafter(target, method: str, draft_vocab, meta, source) -> Drafter:
+    if method == "eagle3":
+        return Eagle3Drafter(target.model.config, draft_vocab, tuple(source.aux_layers))
+    return EagleDrafter(target.model.config, draft_vocab, _layout(meta))
+
+
+def _head_rows(drafter: Drafter, target) -> torch.Tensor:  # [V', d]
+    """The target's LM-head rows of the draft vocabulary (the target side of the losses)."""
+    lm_head = target.model.get_output_embeddings().weight  # [V, d]
+    if isinstance(drafter, Eagle3Drafter):
+        return lm_head[drafter.draft_vocab]
+    return drafter.head_weight(lm_head)
 
 
 def _layout(meta: DrafterMeta | None) -> str:

@@ -66,11 +66,11 @@ def test_killed_build_leaves_no_cache_and_resume_skips_finished_shards(
     real = features_module.iter_conversation_features
     calls = []
 
-    def dies_on_third_shard(target, chosen, dtype, budget):
+    def dies_on_third_shard(target, chosen, dtype, budget, aux_layers=()):
         calls.append(len(chosen))
         if len(calls) == 3:
             raise KeyboardInterrupt  # as if the process were killed mid-build
-        yield from real(target, chosen, dtype, budget)
+        yield from real(target, chosen, dtype, budget, aux_layers)
 
     monkeypatch.setattr(features_module, "iter_conversation_features", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
