@@ -7,7 +7,7 @@ from taps_ray.data.records import turn_messages, user_turns
 from taps_ray.data.render import render_prompt
 from taps_ray.decoding.engine import generate_plain
 from taps_ray.decoding.sampling import SamplingParams
-from taps_ray.training.regenerate import regenerate_records
+from taps_ray.training.regenerate import cached_prefix, regenerate_records
 
 
 def test_regenerated_answers_are_the_targets_and_resume(default_target, tmp_path, monkeypatch):
@@ -27,6 +27,8 @@ def test_regenerated_answers_are_the_targets_and_resume(default_target, tmp_path
     shards = sorted(tmp_path.rglob("shard-*.jsonl"))
     assert len(shards) == 2
     shards[1].unlink()  # as if interrupted before the last shard
+    assert cached_prefix(default_target, records, spec, 6, shard_size=2) == out[:2]
+    assert cached_prefix(default_target, records, {"other": 1}, 6, shard_size=2) == []
     first = shards[0].stat().st_mtime_ns
     again = regenerate_records(default_target, records, spec, 6, batch_size=2, shard_size=2,
                                progress=False)
