@@ -1,14 +1,15 @@
-"""`taps-ray drafter import|export|calibrate`: drafters in the published EAGLE-1/2 layout, and
-their confidence calibration.
+"""`taps-ray drafter import|export|calibrate`: drafters in the published EAGLE-1/2 and EAGLE-3
+layouts, and their confidence calibration.
 
-    taps-ray drafter import PATH --target T --out DIR [--name N] [--method eagle2|hass]
+    taps-ray drafter import PATH --target T --out DIR [--name N] [--method eagle2|hass|eagle3]
     taps-ray drafter export DRAFTER --format vllm|sglang --out DIR [--best-config FILE]
     taps-ray drafter calibrate DRAFTER [DRAFTER...] [--prompts N] [--max-new-tokens M]
                                [--method auto|temperature|isotonic]
 
-Import reads an EAGLE / HASS / TAPS-study checkpoint (or a folder exported below) into a taps-ray
-drafter folder; export writes the folder vLLM or SGLang loads, with a README of launch commands
-(and, for vLLM, a Ray Serve LLM app). The mappings live in taps_ray/models/eagle_format.py.
+Import reads an EAGLE / HASS / TAPS-study / EAGLE-3 checkpoint (or a folder exported below) into
+a taps-ray drafter folder; export writes the folder vLLM or SGLang loads, with a README of launch
+commands (and, for vLLM, a Ray Serve LLM app). The mappings live in taps_ray/models/
+eagle_format.py (EAGLE-1/2) and eagle3_format.py (EAGLE-3).
 Calibrate fits each drafter's node confidence to its real acceptance on held-out replay and
 stores the map in its taps.json, where confidence routing reads it (evaluation/confidence.py).
 """
@@ -22,19 +23,22 @@ from taps_ray.errors import TapsError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("drafter", help="import EAGLE/HASS heads; export for vLLM/SGLang")
+    p = subparsers.add_parser("drafter",
+                              help="import EAGLE/HASS/EAGLE-3 heads; export for vLLM/SGLang")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    imp = actions.add_parser("import", help="an EAGLE / HASS checkpoint -> a taps-ray drafter")
+    imp = actions.add_parser("import",
+                             help="an EAGLE / HASS / EAGLE-3 checkpoint -> a taps-ray drafter")
     imp.add_argument("path", help="checkpoint folder (config.json + pytorch_model.bin or "
                                   "*.safetensors) or its weights file")
     imp.add_argument("--target", required=True, help="target alias, hub id or HF folder")
     imp.add_argument("--out", required=True, help="new drafter folder to write")
     imp.add_argument("--name", default="", help="drafter name (default: the checkpoint's)")
-    imp.add_argument("--method", choices=("eagle2", "hass"), default="",
-                     help="how the head was trained (default: recorded, else eagle2)")
+    imp.add_argument("--method", choices=("eagle2", "hass", "eagle3"), default="",
+                     help="how the head was trained (default: recorded, else eagle2, or eagle3 "
+                          "for an EAGLE-3 config)")
     imp.set_defaults(func=run_import)
     exp = actions.add_parser("export", help="a drafter -> a vLLM or SGLang EAGLE folder")
-    exp.add_argument("drafter", help="drafter folder (taps.json layout: eagle)")
+    exp.add_argument("drafter", help="drafter folder (taps.json layout: eagle or eagle3)")
     exp.add_argument("--format", required=True, choices=("vllm", "sglang"))
     exp.add_argument("--out", required=True, help="new folder to write")
     exp.add_argument("--target", default="", help="model the engine loads (default: the "
@@ -72,7 +76,7 @@ def run_import(args: argparse.Namespace) -> int:
     drafter = import_published(args.path, config, target=args.target, fingerprint=fingerprint,
                                name=args.name, method=args.method)
     save_drafter(drafter, out, drafter.meta)
-    print(f"imported {args.path} -> {out} (drafter {drafter.meta.name}, layout eagle, "
+    print(f"imported {args.path} -> {out} (drafter {drafter.meta.name}, layout {drafter.layout}, "
           f"{drafter.draft_vocab_size or config.vocab_size} draft tokens)")
     return 0
 

@@ -1,5 +1,9 @@
 """The published EAGLE-1/2 checkpoint layout, and the vLLM / SGLang folders made from it.
 
+EAGLE-3 heads (layout "eagle3") have their own mapping in `eagle3_format.py`; import and export
+here pick it by the checkpoint's config (LlamaForCausalLMEagle3 / draft_vocab_size) or the
+drafter's layout.
+
     published key (EAGLE, HASS, vLLM, SGLang)   ours (EagleDrafter, layout "eagle")
     fc.weight, fc.bias                          fc.weight, fc.bias   (no bias in the file: zero)
     layers.0.<param>                            decoder.layers.0.<param>
@@ -103,7 +107,8 @@ def drafter_from_published(
             raise TapsError(
                 f"{source} holds '{key}', which the EAGLE-1/2 layout of a "
                 f"{target_config.model_type} target has not; only EAGLE-1/2 and HASS heads "
-                "import (EAGLE-3 and other layouts do not)"
+                "import under an EAGLE-1/2 config (EAGLE-3 heads need their "
+                "LlamaForCausalLMEagle3 config)"
             )
         _check_shape(key, value, ours[name], source)
         mapped[name] = value
@@ -212,10 +217,6 @@ def _read_token_map(folder: Path, config: dict) -> torch.Tensor | None:
 
 def check_published_config(config: dict, target_config: object, source: str, target: str) -> None:
     """EAGLE-1/2 configs describe one Llama-style layer of the target: refuse what differs."""
-    archs = " ".join(config.get("architectures") or [])
-    if "Eagle3" in archs or "draft_vocab_size" in config:
-        raise TapsError(f"{source} is an EAGLE-3 head (another layout); only EAGLE-1/2 and "
-                        "HASS heads import")
     if config.get("num_hidden_layers", 1) != 1:
         raise TapsError(f"{source} has num_hidden_layers={config['num_hidden_layers']}; an "
                         "EAGLE-1/2 head has 1 layer")
@@ -238,22 +239,31 @@ def import_published(
     name: str = "",
     method: str = "",
 ) -> EagleDrafter:
-    """An EAGLE / HASS / exported checkpoint as an "eagle"-layout drafter with its meta."""
+    """An EAGLE / HASS / EAGLE-3 / exported checkpoint as a drafter with its meta (layout
+    "eagle", or "eagle3" when its config is an EAGLE-3 one)."""
+    from taps_ray.models import eagle3_format
+
     config, state, token_map = read_published(path)
     source = f"checkpoint '{path}'"
-    check_published_config(config, target_config, source, target)
-    drafter = drafter_from_published(state, target_config, token_map, source)
+    if eagle3_format.is_eagle3_config(config):
+        drafter = eagle3_format.import_eagle3(config, state, target_config, source=source,
+                                              target=target)
+    else:
+        check_published_config(config, target_config, source, target)
+        drafter = drafter_from_published(state, target_config, token_map, source)
     info = config.get("taps_ray") if isinstance(config.get("taps_ray"), dict) else {}
     extra = {"imported_from": str(path)}
     if isinstance(info.get("tree"), dict):
         extra["tree"] = info["tree"]
     drafter.meta = DrafterMeta(
         name=name or info.get("name") or Path(path).name,
-        method=method or info.get("method") or "eagle2",
+        method=method or info.get("method") or ("eagle3" if drafter.layout == "eagle3"
+                                                else "eagle2"),
         target=target,
         tokenizer_fingerprint=fingerprint,
         draft_vocab_size=drafter.draft_vocab_size,
-        layout="eagle",
+        layout=drafter.layout,
+        aux_layers=list(getattr(drafter, "aux_layers", ())),
         extra=extra,
     )
     return drafter
@@ -276,12 +286,11 @@ def engine_state(drafter: EagleDrafter, fmt: str) -> dict[str, torch.Tensor]:
 
 def engine_config(drafter: EagleDrafter, fmt: str, tree: TreeConfig) -> dict:
     """The target's config as a 1-layer head (target's max_position_embeddings kept)."""
-    family = getattr(drafter.target_config, "model_type", "")
-    if family not in ENGINE_FAMILIES:
-        raise TapsError(
-            f"vLLM and SGLang load EAGLE-1/2 heads for Llama-family targets only (their "
-            f"llama_eagle.py); this drafter's target is '{family}'"
-        )
+    from taps_ray.models import eagle3_format
+
+    check_engine_family(drafter)
+    if eagle3_format.is_eagle3(drafter):
+        return with_rope_theta(eagle3_format.engine_config(drafter, fmt, tree))
     config = drafter.target_config.to_dict()
     config["num_hidden_layers"] = 1
     config["tie_word_embeddings"] = False
@@ -292,11 +301,35 @@ def engine_config(drafter: EagleDrafter, fmt: str, tree: TreeConfig) -> dict:
     meta = getattr(drafter, "meta", None) or DrafterMeta()
     config["taps_ray"] = {"name": meta.name, "method": meta.method, "layout": "eagle",
                           "tree": asdict(tree)}
+    return with_rope_theta(config)
+
+
+def check_engine_family(drafter: EagleDrafter) -> None:
+    family = getattr(drafter.target_config, "model_type", "")
+    if family not in ENGINE_FAMILIES:
+        raise TapsError(
+            f"vLLM and SGLang load EAGLE heads for Llama-family targets only (their "
+            f"llama_eagle.py / llama_eagle3.py); this drafter's target is '{family}'"
+        )
+
+
+def with_rope_theta(config: dict) -> dict:
+    """transformers 5 writes rope_parameters only; engines on transformers 4 read rope_theta
+    (default 10000: a wrong rotation for most targets), so write both."""
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
+        config["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     return config
 
 
 def engine_notes(drafter: EagleDrafter, fmt: str) -> list[str]:
     """What differs between taps-ray's drafts and the engine's (outputs stay exact)."""
+    from taps_ray.models import eagle3_format
+
+    if eagle3_format.is_eagle3(drafter):
+        return eagle3_format.engine_notes(drafter, fmt)
     notes = []
     if fmt == "vllm" and bool(drafter.fc.bias.detach().any()):
         notes.append(
@@ -324,9 +357,9 @@ def sglang_flags(tree: TreeConfig) -> dict[str, int]:
     }
 
 
-def vllm_speculative_config(out: Path, tree: TreeConfig) -> dict:
-    """vLLM drafts a chain: one token per level of our tree."""
-    return {"method": "eagle", "model": str(out), "num_speculative_tokens": tree.depth + 1}
+def vllm_speculative_config(out: Path, tree: TreeConfig, method: str = "eagle") -> dict:
+    """vLLM drafts a chain: one token per level of our tree (method eagle or eagle3)."""
+    return {"method": method, "model": str(out), "num_speculative_tokens": tree.depth + 1}
 
 
 def export_folder(
@@ -338,33 +371,44 @@ def export_folder(
     if fmt not in FORMATS:
         raise TapsError(f"export format '{fmt}' is unknown; use one of {', '.join(FORMATS)}")
     out = Path(out).absolute()
-    files = {
-        WEIGHTS: save(engine_state(drafter, fmt), metadata={"format": "pt"}),
-        CONFIG: json.dumps(engine_config(drafter, fmt, tree), indent=2).encode(),
-    }
-    if drafter.draft_vocab is not None:  # SGLang reads it; vLLM ignores it, import restores it
+    eagle3 = getattr(drafter, "layout", "") == "eagle3"
+    if eagle3:  # published names as they are; d2t carries the draft vocabulary to both engines
+        from taps_ray.models.eagle3_format import weights_file
+
+        files = {WEIGHTS: weights_file(drafter)}
+    else:
+        files = {WEIGHTS: save(engine_state(drafter, fmt), metadata={"format": "pt"})}
+    files[CONFIG] = json.dumps(engine_config(drafter, fmt, tree), indent=2).encode()
+    if drafter.draft_vocab is not None and not eagle3:  # SGLang reads it; import restores it
         buffer = io.BytesIO()
         torch.save(drafter.draft_vocab.detach().cpu().long(), buffer)
         files[TOKEN_MAP_FILE] = buffer.getvalue()
     if fmt == "vllm":
         from taps_ray.serving.vllm_app import serve_yaml
 
-        files["serve_llm.yaml"] = serve_yaml(served_target, out, tree, _name(drafter)).encode()
+        files["serve_llm.yaml"] = serve_yaml(served_target, out, tree, _name(drafter),
+                                             method=_vllm_method(drafter)).encode()
     files["README.md"] = launch_readme(drafter, fmt, out, tree, served_target).encode()
     write_folder(out, files)
     return out
+
+
+def _vllm_method(drafter: EagleDrafter) -> str:
+    return "eagle3" if getattr(drafter, "layout", "") == "eagle3" else "eagle"
 
 
 def launch_readme(
     drafter: EagleDrafter, fmt: str, out: Path, tree: TreeConfig, served_target: str
 ) -> str:
     """The exact launch commands for this folder (values from the drafter's tree)."""
+    eagle3 = _vllm_method(drafter) == "eagle3"
+    kind = "EAGLE-3" if eagle3 else "EAGLE-1/2"
     head = [f"# {_name(drafter)} for {'vLLM' if fmt == 'vllm' else 'SGLang'}", "",
-            f"EAGLE-1/2 drafter exported by `taps-ray drafter export` for target "
+            f"{kind} drafter exported by `taps-ray drafter export` for target "
             f"`{served_target}`; tree total_tokens={tree.total_tokens}, depth={tree.depth}, "
             f"top_k={tree.top_k}.", ""]
     if fmt == "vllm":
-        spec = json.dumps(vllm_speculative_config(out, tree))
+        spec = json.dumps(vllm_speculative_config(out, tree, _vllm_method(drafter)))
         body = ["```bash", f"vllm serve {served_target} --speculative-config '{spec}'", "```", "",
                 "Python: `vllm.LLM(model=..., speculative_config=...)` with the same values.",
                 "On a Ray cluster (Ray Serve LLM, vLLM engine):", "", "```bash",
@@ -373,10 +417,10 @@ def launch_readme(
     else:
         flags = " ".join(f"{k} {v}" for k, v in sglang_flags(tree).items())
         token_map = (f" --speculative-token-map {out / TOKEN_MAP_FILE}"
-                     if drafter.draft_vocab is not None else "")
+                     if drafter.draft_vocab is not None and not eagle3 else "")
         body = ["```bash", f"python -m sglang.launch_server --model-path {served_target} "
-                f"--speculative-algorithm EAGLE --speculative-draft-model-path {out} "
-                f"{flags}{token_map}", "```"]
+                f"--speculative-algorithm {'EAGLE3' if eagle3 else 'EAGLE'} "
+                f"--speculative-draft-model-path {out} {flags}{token_map}", "```"]
     notes = [f"Note: {n}." for n in engine_notes(drafter, fmt)]
     back = ["", f"Back into taps-ray: `taps-ray drafter import {out} --target TARGET --out DIR`."]
     return "\n".join(head + body + ([""] + notes if notes else []) + back) + "\n"

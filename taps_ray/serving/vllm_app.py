@@ -24,22 +24,25 @@ BUILDER = "ray.serve.llm:build_openai_app"
 _SERVING_ARGS = {"llm_configs", "ingress_cls_config", "ingress_deployment_config"}  # Ray 2.60
 
 
-def llm_app_args(target: str, drafter_dir: str | Path, tree: TreeConfig, model_id: str) -> dict:
-    """`args` of the Serve app: one LLMConfig with vLLM's speculative_config."""
+def llm_app_args(target: str, drafter_dir: str | Path, tree: TreeConfig, model_id: str,
+                 method: str = "eagle") -> dict:
+    """`args` of the Serve app: one LLMConfig with vLLM's speculative_config (method eagle or
+    eagle3, the drafter's layout)."""
     from taps_ray.models.eagle_format import vllm_speculative_config
 
     return {
         "llm_configs": [{
             "model_loading_config": {"model_id": model_id, "model_source": target},
             "engine_kwargs": {
-                "speculative_config": vllm_speculative_config(Path(drafter_dir), tree),
+                "speculative_config": vllm_speculative_config(Path(drafter_dir), tree, method),
             },
             "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
         }],
     }
 
 
-def serve_yaml(target: str, drafter_dir: str | Path, tree: TreeConfig, model_id: str) -> str:
+def serve_yaml(target: str, drafter_dir: str | Path, tree: TreeConfig, model_id: str,
+               method: str = "eagle") -> str:
     """A Serve config file (`serve run FILE` or `taps-ray serve FILE`) for the app above."""
     import yaml
 
@@ -49,7 +52,7 @@ def serve_yaml(target: str, drafter_dir: str | Path, tree: TreeConfig, model_id:
             "name": "taps-vllm",
             "route_prefix": "/",
             "import_path": BUILDER,
-            "args": llm_app_args(target, drafter_dir, tree, model_id or "taps-drafted"),
+            "args": llm_app_args(target, drafter_dir, tree, model_id or "taps-drafted", method),
         }],
     }
     header = ("# Ray Serve LLM: the target on vLLM with an EAGLE drafter (GPU nodes need vllm).\n"
