@@ -198,3 +198,40 @@ def _target_with(**changes):
         setattr(config, key, value)
     model = AutoModelForCausalLM.from_config(config).eval()
     return Target("tiny-llama", model, None, torch.device("cpu"), torch.float32)
+
+
+# ---- weight averaging -----------------------------------------------------------------------
+
+
+def test_eagle3_heads_of_one_vocabulary_and_layers_average(tmp_path):
+    from taps_ray.training.averaging import average_drafters
+
+    target = tiny_target("llama")
+    a, b = random_head(target, seed=1), random_head(target, seed=2)
+    a.meta = DrafterMeta(name="math-eagle3", method="eagle3", aux_layers=[1, 1, 2])
+    b.meta = DrafterMeta(name="chat-eagle3", method="eagle3", aux_layers=[1, 1, 2])
+    avg = average_drafters([a, b], [3, 1])
+    sa, sb, s = a.state_dict(), b.state_dict(), avg.state_dict()
+    for key in ("fc.weight", "lm_head.weight", "norm.weight", "midlayer.hidden_norm.weight"):
+        torch.testing.assert_close(s[key], 0.75 * sa[key] + 0.25 * sb[key])
+    assert torch.equal(s["d2t"], sa["d2t"]) and torch.equal(s["t2d"], sa["t2d"])
+    assert avg.meta.method == "eagle3" and avg.meta.aux_layers == [1, 1, 2]
+    assert torch.equal(outputs(average_drafters([a, b], [1, 0]))[0], outputs(a)[0])
+    again = load_drafter(save_drafter(avg, tmp_path / "avg", avg.meta), target)
+    assert torch.equal(outputs(again)[0], outputs(avg)[0])
+
+
+@pytest.mark.parametrize("other, match", [
+    (lambda t: untrained_drafter(t, layout="eagle"),
+     "drafter 1 is an EAGLE-2/HASS head and drafter 0 is an EAGLE-3 head"),
+    (lambda t: random_head(t, vocab=torch.tensor([1, 4, 5, 9, 20, 30])),
+     "another draft vocabulary \\(d2t\\)"),
+    (lambda t: random_head(t, aux=(0, 1, 2)), "reads target layers \\[0, 1, 2\\] but drafter 0"),
+    (lambda t: random_head(t, vocab=torch.arange(8)), "another architecture"),
+])
+def test_averaging_refuses_heads_that_differ(other, match):
+    from taps_ray.training.averaging import average_drafters
+
+    target = tiny_target("llama")
+    with pytest.raises(TapsError, match=match):
+        average_drafters([random_head(target), other(target)])
