@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="train a drafter (EAGLE-2 or HASS) on a mixture")
+    train = subparsers.add_parser("train",
+                                  help="train a drafter (EAGLE-2, HASS or EAGLE-3) on a mixture")
     train.add_argument("config", help="experiment YAML (see experiments/)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=1")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -42,12 +43,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _epoch_eval(cfg, target):
     """Replay tau on held-out benchmark prompts after each epoch (logged with the epoch)."""
-    from taps_ray.evaluation.runner import replay_prompts, replay_taus
+    from taps_ray.training.epoch_eval import replay_evaluator
 
-    prompts = replay_prompts(target, cfg.evaluation)
+    evaluate = replay_evaluator(target, cfg)
 
     def hook(epoch: int, drafter) -> dict:
-        taus = {f"tau_{k}": v for k, v in replay_taus(target, drafter, cfg.tree, prompts).items()}
+        taus = {f"tau_{k}": v for k, v in evaluate(drafter).items()}
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v}" for k, v in taus.items()))
         return taus
 

@@ -13,6 +13,9 @@ import shutil
 from pathlib import Path
 
 from taps_ray.distributed.sweep import SweepConfig, data_specs, trial_config
+from taps_ray.training.epoch_eval import epoch_metrics, replay_evaluator
+
+__all__ = ["epoch_metrics", "epoch_reporter", "prepare_data", "restore_checkpoint", "sweep_trial"]
 
 
 def sweep_trial(config: dict, base: dict, speed: list[str] | None = None) -> None:
@@ -20,7 +23,6 @@ def sweep_trial(config: dict, base: dict, speed: list[str] | None = None) -> Non
 
     `speed`: [cost profile path, the profile's drafter pricing this head] adds the metric
     predicted_speedup (replay tau priced by the serving machine's profile)."""
-    from taps_ray.evaluation.runner import replay_prompts, replay_rows
     from taps_ray.models.target import load_target
     from taps_ray.training.pipeline import train_from_config
 
@@ -29,9 +31,8 @@ def sweep_trial(config: dict, base: dict, speed: list[str] | None = None) -> Non
     cfg.output_dir = str(trial_output_dir())
     resume = restore_checkpoint(Path(cfg.output_dir))
     target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
-    prompts = replay_prompts(target, cfg.evaluation, progress=False)  # cached by prepare_data
-    hook = epoch_reporter(lambda drafter: epoch_metrics(
-        replay_rows(target, drafter, cfg.tree, prompts), pricing), Path(cfg.output_dir))
+    evaluate = replay_evaluator(target, cfg, pricing, progress=False)  # prompts: prepare_data
+    hook = epoch_reporter(evaluate, Path(cfg.output_dir))
     train_from_config(cfg, target=target, resume=resume, online=False, on_epoch_end=hook,
                       progress=False)
 
@@ -44,18 +45,6 @@ def speed_pricing(speed: list[str] | None):
 
     path, cost_as = speed
     return load_profile(path), cost_as
-
-
-def epoch_metrics(rows, speed) -> dict[str, float]:
-    """Replay taus per benchmark and "mean", plus "predicted_speedup" when priced."""
-    from taps_ray.evaluation.runner import taus_of
-
-    metrics = taus_of(rows)
-    if speed is not None:
-        from taps_ray.evaluation.speed_select import predicted_speedup
-
-        metrics["predicted_speedup"] = round(predicted_speedup(rows, *speed), 4)
-    return metrics
 
 
 def trial_output_dir() -> Path:
@@ -125,11 +114,12 @@ def _prepare_one(spec: dict, with_prompts: bool) -> None:
     from taps_ray.config.schema import ExperimentConfig
     from taps_ray.evaluation.runner import replay_prompts
     from taps_ray.models.target import load_target
-    from taps_ray.training.pipeline import prepare_features
+    from taps_ray.training.pipeline import aux_layers_for, prepare_features
 
     cfg = from_dict(ExperimentConfig, spec)
     target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
     if with_prompts:
         replay_prompts(target, cfg.evaluation, progress=False)
-    prepare_features(target, cfg.data, cfg.training.feature_dtype, online=False, progress=False)
+    prepare_features(target, cfg.data, cfg.training.feature_dtype, online=False, progress=False,
+                     aux_layers=aux_layers_for(target, cfg.drafter.method))
 
