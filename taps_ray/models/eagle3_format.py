@@ -6,6 +6,7 @@ Our Eagle3Drafter keeps the published names, so the mapping is the identity on w
     fc.weight [d, 3d] (no bias)                         fc.weight
     midlayer.<param> (q/k/v read 2d; hidden_norm)       midlayer.<param>
     layers.0.<param> (vLLM's own name for the layer)    midlayer.<param>   (import only)
+    -- (Llama-style layer, Qwen2 target)               midlayer.self_attn.{q,k,v}_proj.bias = 0
     norm.weight, lm_head.weight [V', d]                 norm.weight, lm_head.weight
     d2t [V'] (target id = i + d2t[i]), t2d [V] bool     d2t, t2d   (absent d2t: V' = V, identity)
     embed_tokens.weight                                 -- the target's own: shape-checked, dropped
@@ -70,6 +71,7 @@ def import_eagle3(config: dict, state: dict[str, torch.Tensor], target_config: o
     aux = import_aux_layers(config, target_config.num_hidden_layers, source)
     drafter = Eagle3Drafter(target_config, ids, aux)
     ours = drafter.state_dict()
+    state = _zero_qkv_biases(state, ours)
     for key, value in state.items():
         if key not in ours:
             raise TapsError(f"{source} holds '{key}', which the EAGLE-3 head of a "
@@ -84,6 +86,15 @@ def import_eagle3(config: dict, state: dict[str, torch.Tensor], target_config: o
                         f"of a {target_config.model_type} target needs")
     drafter.load_state_dict(state)
     return drafter.eval().requires_grad_(False)
+
+
+def _zero_qkv_biases(state: dict, ours: dict) -> dict:
+    """Published heads for Qwen2 targets use Llama's layer (no q/k/v bias, both engines build
+    it so); our Qwen2 layer with zero biases computes exactly that."""
+    names = [f"midlayer.self_attn.{p}_proj.bias" for p in "qkv"]
+    if all(n in ours and n not in state for n in names):
+        state = {**state, **{n: torch.zeros_like(ours[n]) for n in names}}
+    return state
 
 
 def _check_config(config: dict, target_config: object, source: str, target: str) -> None:

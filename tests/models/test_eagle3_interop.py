@@ -178,6 +178,22 @@ def test_unsorted_d2t_and_vllm_names_import_to_the_same_head(tmp_path):
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in head.state_dict().items())
 
 
+def test_llama_style_head_for_a_qwen2_target_gets_zero_qkv_biases(tmp_path):
+    target = tiny_target("qwen2")
+    head = random_head(target)
+    for p in "qkv":
+        getattr(head.midlayer.self_attn, f"{p}_proj").bias.zero_()
+
+    def drop_biases(state):
+        for p in "qkv":
+            state.pop(f"midlayer.self_attn.{p}_proj.bias")
+
+    folder = published_folder(tmp_path / "p", head, state_changes=drop_biases)
+    back = import_published(folder, target.model.config, target="T")
+    assert type(back.midlayer).__name__ == "Qwen2DecoderLayer"
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in head.state_dict().items())
+
+
 @pytest.mark.parametrize("ids, ours", [([1, 2, 3], (2, 3, 4)), ([2, 3, 4], (2, 3, 4))])
 def test_aux_ids_in_either_numbering(tmp_path, ids, ours):
     """SGLang (PR #25454) reads ids starting at 1 as layer outputs, others as layer inputs."""
