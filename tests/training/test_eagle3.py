@@ -147,3 +147,13 @@ def test_an_unsupported_target_family_is_one_user_error(examples, tmp_path):
     cache = eagle3_cache(tiny_target("llama"), examples, tmp_path / "feats")
     with pytest.raises(TapsError, match="model_type 'gpt2' is not supported"):
         train_drafter(gpt2, cache, fast_config(), tmp_path / "r", method="eagle3", progress=False)
+
+
+def test_eagle3_features_and_draft_vocabulary_defaults(target, examples, tmp_path):
+    from taps_ray.training.pipeline import aux_layers_for, draft_vocab_for
+
+    assert aux_layers_for(target, "eagle3") == (0, 1, 2) and aux_layers_for(target, "hass") == ()
+    cache = eagle3_cache(target, examples, tmp_path / "feats")
+    assert draft_vocab_for(target, cache, 0, "eagle3") is None  # 8192 capped at V = 32: all
+    assert draft_vocab_for(target, cache, 0, "eagle2") is None
+    assert draft_vocab_for(target, cache, 12, "eagle3").numel() == 12
