@@ -39,12 +39,15 @@ def repeating_examples(n: int = 10, base: int = 20, period: int = 8) -> list[Ren
     return out
 
 
-def synthetic_spec(target, examples, dtype: str = "fp32") -> FeatureSpec:
-    return FeatureSpec.for_target(target, DataSpec("synthetic", len(examples), 0, 64), dtype)
+def synthetic_spec(target, examples, dtype: str = "fp32", aux_layers=()) -> FeatureSpec:
+    data = DataSpec("synthetic", len(examples), 0, 64)
+    return FeatureSpec.for_target(target, data, dtype, aux_layers)
 
 
 def build_cache(target, examples, root, **kwargs) -> FeatureCache:
-    spec = synthetic_spec(target, examples, kwargs.pop("dtype", "fp32"))
+    """A finished cache; aux_layers=(...) gives EAGLE-3 rows [final | aux...]."""
+    spec = synthetic_spec(target, examples, kwargs.pop("dtype", "fp32"),
+                          kwargs.pop("aux_layers", ()))
     return FeatureCache.build(target, examples, spec, root=root, progress=False, **kwargs)
 
 

@@ -1,4 +1,5 @@
-"""The CUDA path: bf16 target, fp16 feature cache, bf16 autocast training, HASS masks in bf16."""
+"""The CUDA path: bf16 target, fp16 feature cache, bf16 autocast training, HASS and EAGLE-3
+masks in bf16."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def test_bf16_training_on_cuda_learns_and_resumes(cuda_target, examples, tmp_pat
     first = {r["step"]: r["loss"] for r in _steps(tmp_path / "a")}
     assert again[18] == pytest.approx(first[18], rel=1e-2)
     assert resumed.state.step == 40 and sorted(again) == list(range(1, 41))
+
+
+def test_eagle3_bf16_training_on_cuda_learns(cuda_target, examples, tmp_path):
+    cache = build_cache(cuda_target, examples, tmp_path / "feats", dtype="fp16",
+                        aux_layers=(0, 1, 2))
+    assert cache[0].features.shape[-1] == 4 * 64
+    cfg = fast_config(max_steps=40, align_steps=3)
+    train_drafter(cuda_target, cache, cfg, tmp_path / "a", method="eagle3", progress=False)
+    rows = _steps(tmp_path / "a")
+    assert sum(r["loss"] for r in rows[-5:]) < 0.75 * sum(r["loss"] for r in rows[:5])
+    for key in ("acc", "acc_1", "acc_2"):
+        assert sum(r[key] for r in rows[-5:]) > sum(r[key] for r in rows[:5]) + 1.0, key
 
 
 def _steps(out_dir):

@@ -10,9 +10,8 @@ from taps_ray.decoding.features import aux_features, final_features
 from taps_ray.errors import TapsError
 from taps_ray.models.eagle3 import Eagle3Drafter, default_aux_layers
 from taps_ray.training.eagle3 import ttt_forward, ttt_mask
-from taps_ray.training.examples import DataSpec
 from taps_ray.training.extract import forward_features
-from taps_ray.training.features import FeatureCache, FeatureSpec, OnlineFeatures
+from taps_ray.training.features import FeatureCache, OnlineFeatures
 from taps_ray.training.trainer import train_drafter
 from taps_ray.training.trainlog import read_log
 from tests.tiny import tiny_target
@@ -26,9 +25,7 @@ def aux_of(target) -> tuple[int, ...]:
 
 
 def eagle3_cache(target, examples, root) -> FeatureCache:
-    spec = FeatureSpec.for_target(target, DataSpec("synthetic", len(examples), 0, 64), "fp32",
-                                  aux_of(target))
-    return FeatureCache.build(target, examples, spec, root=root, progress=False)
+    return build_cache(target, examples, root, aux_layers=aux_of(target))
 
 
 def step_rows(out_dir) -> list[dict]:
