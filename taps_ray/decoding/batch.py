@@ -19,16 +19,19 @@ from collections.abc import Sequence
 
 import torch
 
+from taps_ray.decoding.features import final_features, with_aux
 from taps_ray.decoding.kv import additive_mask
 
 
 class BatchedRunner:
     """The target over a batch of sequences sharing one padded KV cache."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, aux_layers: Sequence[int] = ()):
         self.model = model
+        self.aux_layers = tuple(aux_layers)  # hidden-state indices appended to feature rows
         self.base = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
+        self.hidden_size = self.lm_head.weight.shape[1]  # d: the final state's width
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.cache = None  # DynamicCache [B, heads, L, head_dim] per layer, None when empty
@@ -42,8 +45,8 @@ class BatchedRunner:
     def padded_length(self) -> int:  # L
         return max(self.lengths, default=0)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., V] fp32
-        return self.lm_head(features).float()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:  # [..., d or 4d] -> [..., V] fp32
+        return self.lm_head(final_features(features, self.hidden_size)).float()
 
     @torch.inference_mode()
     def add(self, cache: object, length: int) -> int:
@@ -82,7 +85,7 @@ class BatchedRunner:
         tokens: Sequence[torch.Tensor],  # B x [q_i] new tokens per row (q_i >= 1)
         offsets: Sequence[torch.Tensor],  # B x [q_i] depth of each token (root 0)
         masks: Sequence[torch.Tensor],  # B x [q_i, q_i] bool ancestor-or-self
-    ) -> torch.Tensor:  # [B, q, d] features (row i valid in [:q_i])
+    ) -> torch.Tensor:  # [B, q, d] features, [B, q, 4d] with aux layers (row i valid in [:q_i])
         """One forward of every row's new tokens; the cache grows by q = max q_i per row."""
         if len(tokens) != self.size:
             raise ValueError(f"forward needs one token block per row ({self.size}), "
@@ -132,8 +135,9 @@ class BatchedRunner:
             attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
+            output_hidden_states=bool(self.aux_layers),
         )
-        return out.last_hidden_state
+        return with_aux(out.last_hidden_state, out.hidden_states, self.aux_layers)
 
 
 def batch_tree_mask(

@@ -19,6 +19,7 @@ import torch
 
 from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.adaptive import FixedPolicy, empty_tree
+from taps_ray.decoding.features import aux_layers_for
 from taps_ray.decoding.proposer import make_session
 from taps_ray.decoding.sampling import PositionDraws, SamplingParams, logits_to_probs
 from taps_ray.decoding.strategies import Proposal, strategy_class
@@ -109,10 +110,11 @@ class SpeculativeEngine:
         much of the tree to verify; default `FixedPolicy`: the drafted tree, every step."""
         self.target = target
         self.policy = policy if policy is not None else FixedPolicy()
-        self.runner = TargetRunner(target.model)
-        head = self.runner.lm_head.weight
         kind = strategy_class(strategy, strategy_options)
         drafters = kind.prepare_drafters(list(drafters), **strategy_options)
+        # EAGLE-3 heads read aux hidden states: every target forward returns [final | aux]
+        self.runner = TargetRunner(target.model, aux_layers_for(drafters))
+        head = self.runner.lm_head.weight
         self.strategy = kind(len(drafters), **strategy_options)
         self.sessions = [make_session(d, self.runner.embed, head) for d in drafters]
         self.tree = tree
@@ -160,8 +162,8 @@ class SpeculativeEngine:
 
     def start(self, prompt: torch.Tensor, feats: torch.Tensor, sampling: SamplingParams,
               draws: PositionDraws) -> int:
-        """After the prompt's prefill (prompt [L], its target features [L, d], wherever the
-        cache lives): the root token; the drafter sessions take the prompt."""
+        """After the prompt's prefill (prompt [L], its target features [L, d], or [L, 4d] with
+        aux layers, wherever the cache lives): the root token; the sessions take the prompt."""
         root = pick_token(self.runner.logits(feats[-1:]), sampling, draws)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         for s in self.sessions:
@@ -190,7 +192,7 @@ class SpeculativeEngine:
     def finish_step(
         self,
         plan: StepPlan,
-        feats: torch.Tensor,  # [q, d] the target's features of plan.tokens (padding cut)
+        feats: torch.Tensor,  # [q, d or 4d] the target's features of plan.tokens (padding cut)
         sampling: SamplingParams,
         draws: PositionDraws,
         stops: set[int],
@@ -239,7 +241,7 @@ class SpeculativeEngine:
         return proposal if cut is proposal.tree else replace(proposal, tree=cut)
 
     def _extend_sessions(self, feats, keep: torch.Tensor, committed: list[int]) -> None:
-        kept_feats = feats[keep.to(feats.device)]  # [m+1, d]: root + accepted positions
+        kept_feats = feats[keep.to(feats.device)]  # [m+1, d or 4d]: root + accepted positions
         nxt = torch.tensor(committed, device=feats.device)  # accepted + bonus = x_{t+1}
         for s in self.sessions:
             s.extend(kept_feats, nxt)
@@ -360,7 +362,8 @@ def default_stop_ids(target) -> set[int]:
 
 
 class LazyRows:
-    """Row-indexable [n+1, V] view computing `fn(features[row])` on first access.
+    """Row-indexable [n+1, V] view computing `fn(features[row])` on first access (`fn` reads
+    the final columns of [n+1, d or 4d] rows, as `TargetRunner.logits`).
 
     Verification reads only the rows along the walk (at most depth + 2), so the LM head is
     applied to those instead of to every tree node.
@@ -380,7 +383,7 @@ class LazyRows:
 
 def verify_tree(tree: DraftTree, runner, feats, sampling: SamplingParams, draws: PositionDraws,
                 root_logits: torch.Tensor | None = None) -> VerifyResult:
-    """Greedy or stochastic verification of `tree` from the target's features [n+1, d].
+    """Greedy or stochastic verification of `tree` from the target's features [n+1, d or 4d].
     `root_logits` [V]: the root row's logits when the caller already has them (a batch
     computes every row's root logits in one matmul)."""
     vocab = runner.lm_head.weight.shape[0]

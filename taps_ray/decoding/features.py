@@ -13,9 +13,11 @@ EAGLE-3 collects them) and index L is the post-norm last hidden state (= `final`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
+
+from taps_ray.errors import TapsError
 
 
 def final_features(feats: torch.Tensor, d: int) -> torch.Tensor:  # [..., d or 4d] -> [..., d]
@@ -40,3 +42,20 @@ def with_aux(
     if not aux_layers:
         return final
     return torch.cat([final, *(hidden_states[i] for i in aux_layers)], dim=-1)
+
+
+def aux_layers_for(drafters: Sequence[object]) -> tuple[int, ...]:
+    """The aux layers the target must return for `drafters`: those of their EAGLE-3 heads
+    (all must agree: one target forward serves every head), () when there is none."""
+    return agree_aux_layers(tuple(d.aux_layers) for d in drafters
+                            if getattr(d, "kind", "eagle2") == "eagle3")
+
+
+def agree_aux_layers(layer_sets: Iterable[Sequence[int]]) -> tuple[int, ...]:
+    """The one aux-layer tuple of several heads (empty ones need none); TapsError if two
+    differ."""
+    wanted = {tuple(layers) for layers in layer_sets if layers}
+    if len(wanted) > 1:
+        raise TapsError(f"EAGLE-3 heads read different target layers ({sorted(wanted)}); heads "
+                        "decoded together must share aux_layers")
+    return wanted.pop() if wanted else ()

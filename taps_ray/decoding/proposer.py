@@ -5,8 +5,10 @@ output at pair t predicts f_{t+1}, whose logits propose x_{t+2}. With a committe
 tokens (x_{S-1} = root, not yet verified), the drafter's cache holds pairs 0..S-2.
 
 Every drafter kind runs over a sequence through the `Session` protocol (reset / extend / draft);
-`make_session` builds the right one for a drafter. Sessions that also offer lockstep
-`draft_rounds` over an LM head (`LockstepSession`) share its matmuls in `draft_many`.
+`make_session` builds the right one for a drafter: an EAGLE-2 / HASS head reads the final
+features [:d], an EAGLE-3 head (`Eagle3Session`) fuses the aux columns [d:] with its `fc` and
+scores its own LM head. Sessions that also offer lockstep `draft_rounds` (`LockstepSession`)
+share LM-head matmuls in `draft_many` when their heads are one matrix.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from taps_ray.config.schema import TreeConfig
+from taps_ray.decoding.features import aux_features, final_features
 from taps_ray.decoding.kv import additive_mask, causal_mask, crop_cache
 from taps_ray.decoding.prompt_lookup import PromptLookupDrafter, PromptLookupSession
 from taps_ray.decoding.tree import DraftTree, select_tree
+from taps_ray.errors import TapsError
 
 
 @runtime_checkable
@@ -32,7 +36,8 @@ class Session(Protocol):
         sessions that read tokens alone need it, feature-driven ones ignore it)."""
 
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
-        """Append committed pairs: features [m, d] at t, next_tokens [m] = x_{t+1}."""
+        """Append committed pairs: features [m, d] (or [m, 4d] with aux layers, see
+        features.py) at t, next_tokens [m] = x_{t+1}."""
 
     def draft(self, tree: TreeConfig) -> DraftTree:
         """The draft tree under the root x_{S-1} (size 0 when there is nothing to propose)."""
@@ -43,7 +48,8 @@ class LockstepSession(Protocol):
     """A session whose drafting can run in lockstep with others (see `draft_many`).
 
     `head` [V', d]: the LM-head rows its log-probs score; `drafter.draft_vocab` [V'] their
-    target ids (None: the full vocabulary), which groups sessions sharing one head matmul.
+    target ids (None: the full vocabulary) and `drafter.kind` group sessions sharing one head
+    matmul (`_shares_head`); `log_probs` is the group's one call.
     """
 
     head: torch.Tensor
@@ -51,16 +57,22 @@ class LockstepSession(Protocol):
 
     def draft(self, tree: TreeConfig) -> DraftTree: ...
 
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor: ...  # [k, d] -> [k, V'] fp32
+
     def draft_rounds(self, tree: TreeConfig) -> Generator[torch.Tensor, torch.Tensor, DraftTree]:
         ...
 
 
 def make_session(drafter: Any, embed: torch.nn.Module, lm_head_weight: torch.Tensor) -> Session:
-    """The session that runs `drafter` over one sequence: an EAGLE head gets a DrafterSession
-    (embedding and LM head are the target's), prompt lookup its n-gram session."""
+    """The session that runs `drafter` over one sequence: an EAGLE-2 / HASS head gets a
+    DrafterSession (embedding and LM head are the target's), an EAGLE-3 head an Eagle3Session
+    (the target's embedding, its own LM head), prompt lookup its n-gram session."""
     if isinstance(drafter, PromptLookupDrafter):
         return PromptLookupSession(drafter, lm_head_weight.device)
-    return DrafterSession(drafter, embed, lm_head_weight)
+    kind = getattr(drafter, "kind", "eagle2")
+    if kind not in _SESSIONS:
+        raise TapsError(f"drafter kind '{kind}' has no session; known: {', '.join(_SESSIONS)}")
+    return _SESSIONS[kind](drafter, embed, lm_head_weight)
 
 
 @dataclass
@@ -81,22 +93,36 @@ class DrafterSession:
     ):
         self.drafter = drafter
         self.embed = embed
-        self.head = drafter.head_weight(lm_head_weight)  # [V', d]; a view unless reduced vocab
-        self.full_head = lm_head_weight  # [V, d] the target's head, shared by all sessions
+        self.head = self.scoring_head(drafter, lm_head_weight)  # [V', d]
         self.dtype = self.head.dtype
         self.device = self.head.device
+        self.hidden_size = self.head.shape[1]  # d
         self.cache = None
         self.length = 0  # pairs in the drafter cache
         self.last_hidden = None  # [d] output at the newest pair: the parent feature of depth 1
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # queued committed pairs
 
+    @staticmethod
+    def scoring_head(drafter: torch.nn.Module, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """[V', d] the rows of the target's LM head [V, d] the head scores (a view unless the
+        draft vocabulary is reduced)."""
+        return drafter.head_weight(lm_head_weight)
+
     def reset(self, first_token: int | None = None) -> None:
         """New sequence; x_0 (`first_token`) reaches the head only as a feature, so it is unused."""
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache(config=self.drafter.decoder.config)
+        self.cache = self.new_cache()
         self.length = 0
         self.pending = []
+
+    def new_cache(self) -> object:
+        """An empty cache of the head's one decoder layer."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.drafter.decoder.config)
+
+    def pair_inputs(self, features: torch.Tensor) -> torch.Tensor:  # [m, d or 4d] -> [m, d]
+        """The head's hidden input at committed pairs: the target's final features."""
+        return final_features(features, self.hidden_size)
 
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         """Append committed pairs: features [m, d] at t, next_tokens [m] = x_{t+1}.
@@ -120,7 +146,7 @@ class DrafterSession:
         m = next_tokens.numel()
         pos = torch.arange(self.length, self.length + m, device=self.device)
         mask = causal_mask(self.length, m, self.dtype, self.device)
-        hidden = self._run(features, next_tokens, pos, mask)
+        hidden = self._run(self.pair_inputs(features), next_tokens, pos, mask)
         self.length += m
         self.last_hidden = hidden[-1]
 
@@ -203,15 +229,48 @@ class DrafterSession:
 
     def run_pairs(
         self,
-        features: torch.Tensor,  # [m, d] feature at t (target's, or the drafter's own)
+        hidden: torch.Tensor,  # [m, d] the head's input at t: pair_inputs(target features),
+        # or the head's own output at the parent (a drafted node)
         tokens: torch.Tensor,  # [m] x_{t+1}
         pos: torch.Tensor,  # [m] position ids
         mask: torch.Tensor,  # [1, 1, m, past + m] additive
         cache: object,  # a drafter cache; the m new entries are appended to it
     ) -> torch.Tensor:  # [m, d] the drafter's output at each pair
         embeds = self.embed(tokens.to(self.device))
-        hidden = self.drafter(features[None].to(self.dtype), embeds[None], mask, pos[None], cache)
-        return hidden[0]
+        out = self.drafter(hidden[None].to(self.dtype), embeds[None], mask, pos[None], cache)
+        return out[0]
+
+
+class Eagle3Session(DrafterSession):
+    """Runs one Eagle3Drafter over one sequence: EAGLE-2's dynamic tree over its own head.
+
+    A committed pair feeds g_t = fc(aux_t) (the target's aux columns, features.py); a drafted
+    node feeds its parent's output h; log-probs are the head's own (norm + lm_head over V',
+    mapped to target ids through d2t). The target's LM head is not used.
+    """
+
+    @staticmethod
+    def scoring_head(drafter: torch.nn.Module, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """[V', d] the head's own LM head (the target's [V, d] only fixes d)."""
+        head = drafter.lm_head.weight
+        if lm_head_weight.shape[1] != head.shape[1]:
+            raise TapsError(f"EAGLE-3 head of hidden size {head.shape[1]} does not fit a "
+                            f"target of hidden size {lm_head_weight.shape[1]}")
+        return head
+
+    def new_cache(self) -> object:
+        return self.drafter.new_cache()
+
+    def pair_inputs(self, features: torch.Tensor) -> torch.Tensor:  # [m, 4d] -> [m, d]
+        """g_t = fc(aux_t): the head's hidden input at committed pairs."""
+        return self.drafter.project(aux_features(features, self.hidden_size).to(self.dtype))
+
+    @torch.inference_mode()
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # [k, d] -> [k, V'] fp32
+        return torch.log_softmax(self.drafter.logits(hidden).float(), dim=-1)
+
+
+_SESSIONS = {"eagle2": DrafterSession, "eagle3": Eagle3Session}
 
 
 def _ancestors(node: int, parents: list[int]) -> set[int]:
@@ -229,11 +288,12 @@ def draft_many(sessions: Sequence[Session], tree: TreeConfig) -> list[DraftTree]
 
     The drafters' decoder layers differ and run one after another, but drafters that score
     the same rows of the target's frozen LM head (full vocabulary, or the same reduced one)
-    share one [sum k, d] x [d, V'] matmul per round: memory-bound at large vocabularies, it
-    costs about what one drafter's call costs. Drafters with different reduced vocabularies
-    keep their own (already small) head calls: a union head measured slower on CPU
-    (benchmarks/draft_many.py). Other sessions (prompt lookup, replay's known trees) draft on
-    their own. Output equals separate `draft` calls up to summation order.
+    share one [sum k, d] x [d, V'] matmul per round (an EAGLE-3 head has its own norm and LM
+    head: it shares only with sessions of the very same head): memory-bound at large
+    vocabularies, it costs about what one drafter's call costs. Drafters with different
+    reduced vocabularies keep their own (already small) head calls: a union head measured
+    slower on CPU (benchmarks/draft_many.py). Other sessions (prompt lookup, replay's known
+    trees) draft on their own. Output equals separate `draft` calls up to summation order.
     """
     lockstep = [i for i, s in enumerate(sessions) if isinstance(s, LockstepSession)]
     if len(lockstep) < 2:
@@ -253,11 +313,9 @@ def _lockstep(sessions: Sequence[LockstepSession], tree: TreeConfig) -> list[Dra
             live = [i for i in group if hidden[i] is not None]
             if not live:
                 continue
-            head = sessions[live[0]].head
-            logits = torch.cat([hidden[i] for i in live]) @ head.T  # [sum k, V']
-            parts = logits.split([hidden[i].shape[0] for i in live])
-            logps.update({i: torch.log_softmax(p.float(), dim=-1) for i, p in zip(live, parts,
-                                                                                strict=True)})
+            logp = sessions[live[0]].log_probs(torch.cat([hidden[i] for i in live]))
+            parts = logp.split([hidden[i].shape[0] for i in live])  # [sum k, V'] per session
+            logps.update(zip(live, parts, strict=True))
         for i, logp in logps.items():
             try:
                 hidden[i] = rounds[i].send(logp)
@@ -267,21 +325,29 @@ def _lockstep(sessions: Sequence[LockstepSession], tree: TreeConfig) -> list[Dra
 
 
 def _head_groups(sessions: Sequence[LockstepSession]) -> list[list[int]]:
-    """Session indices grouped by the LM-head rows they score (same draft vocabulary)."""
+    """Session indices grouped by the head their log-probs come from (`_shares_head`)."""
     groups: list[list[int]] = []
     for i, s in enumerate(sessions):
-        vocab = s.drafter.draft_vocab
         for group in groups:
-            other = sessions[group[0]].drafter.draft_vocab
-            if (vocab is None and other is None) or (
-                vocab is not None and other is not None and vocab.shape == other.shape
-                and bool(torch.equal(vocab, other))
-            ):
+            if _shares_head(s, sessions[group[0]]):
                 group.append(i)
                 break
         else:
             groups.append([i])
     return groups
+
+
+def _shares_head(a: LockstepSession, b: LockstepSession) -> bool:
+    """True when one `log_probs` call serves both: EAGLE-2 heads scoring the same rows of the
+    target's LM head (same draft vocabulary); an EAGLE-3 head (its own norm and LM head) only
+    with the same head."""
+    kinds = {getattr(s.drafter, "kind", "eagle2") for s in (a, b)}
+    if kinds != {"eagle2"}:
+        return a.drafter is b.drafter
+    mine, other = a.drafter.draft_vocab, b.drafter.draft_vocab
+    if mine is None or other is None:
+        return mine is None and other is None
+    return mine.shape == other.shape and bool(torch.equal(mine, other))
 
 
 @torch.inference_mode()

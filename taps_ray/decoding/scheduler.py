@@ -14,6 +14,10 @@ Requests join and leave between steps. Each sequence keeps its own sampling para
 generator, stop ids, budget and (for speculative requests) its own `SpeculativeEngine`, whose
 per-sequence logic (`begin_step` / `finish_step`) is the single-sequence engine's own, so every
 request decodes exactly as it would alone. A failure inside one sequence fails that request only.
+
+EAGLE-3 heads read aux hidden states, so the batch's forward returns [final | aux] rows (every
+other reader takes [:d]). Its aux layers are the constructor's, else the first EAGLE-3
+request's (kept from then on); a request whose heads need other layers is refused at submit.
 """
 
 from __future__ import annotations
@@ -152,12 +156,15 @@ class _Sequence:
 class BatchScheduler:
     """Continuous batching of `SequenceRequest`s over one target, on one decoding thread."""
 
-    def __init__(self, target, settings: BatchSettings | None = None, profile=None):
+    def __init__(self, target, settings: BatchSettings | None = None, profile=None,
+                 aux_layers: Sequence[int] = ()):
         """`profile`: this machine's CostProfile (batched verify costs, Tb(B, q)), or None to
-        learn the costs online."""
+        learn the costs online. `aux_layers`: the target hidden states every forward returns
+        (EAGLE-3 heads' layers; () = taken from the first EAGLE-3 request)."""
         self.target = target
         self.settings = settings or BatchSettings()
-        self.batch = BatchedRunner(target.model)
+        self.aux_layers = tuple(aux_layers)
+        self.batch = BatchedRunner(target.model, self.aux_layers)
         self.chooser = BatchSpeedChooser(profile)
         self.default_stops = default_stop_ids(target)
         self._cond = threading.Condition()
@@ -182,12 +189,25 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batch scheduler is stopped")
+            self._check_aux(request.engine)
             if len(self._waiting) >= self.settings.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (max_queue "
                                 f"{self.settings.max_queue}); retry later")
             self._waiting.append(seq)
             self._cond.notify()
         return handle
+
+    def _check_aux(self, engine: SpeculativeEngine | None) -> None:
+        """Adopt the first EAGLE-3 request's aux layers; refuse a request needing others (one
+        forward serves every row). Called under the lock, before the request is queued."""
+        need = () if engine is None else engine.runner.aux_layers
+        if not need or need == self.aux_layers:
+            return
+        if self.aux_layers:
+            raise ValueError(f"this request's EAGLE-3 heads read target layers {list(need)}, but "
+                             f"the batch serves layers {list(self.aux_layers)}; use heads "
+                             "trained on the same aux_layers")
+        self.aux_layers = self.batch.aux_layers = need  # rows already running read [:d] only
 
     def snapshot(self) -> SchedulerSnapshot:
         with self._cond:
@@ -213,7 +233,7 @@ class BatchScheduler:
         gone = [*self._waiting, *self._prefilling, *self._decoding]
         self._waiting.clear()
         self._prefilling, self._decoding = [], []
-        self.batch = BatchedRunner(self.target.model)
+        self.batch = BatchedRunner(self.target.model, self.aux_layers)
         for seq in gone:
             seq.handle._put(RuntimeError("the batch scheduler stopped before this request ended"))
 
@@ -283,7 +303,7 @@ class BatchScheduler:
     def _prefill_chunk(self, seq: _Sequence, budget: int | None) -> int:
         """Feed the next chunk of seq's prompt (at most `budget` tokens); returns its size."""
         if seq.prefill is None:
-            seq.prefill = TargetRunner(self.target.model)
+            seq.prefill = TargetRunner(self.target.model, self.aux_layers)
         done, chunk = seq.prefill.length, self.settings.prefill_chunk
         part = seq.prompt[done : done + min(chunk, budget or chunk)]
         feats = seq.prefill.prefill(part) if done == 0 else seq.prefill.extend(part)
@@ -399,4 +419,4 @@ class BatchScheduler:
         for seq in self._decoding:
             seq.handle._put(err)
         self._decoding = []
-        self.batch = BatchedRunner(self.target.model)
+        self.batch = BatchedRunner(self.target.model, self.aux_layers)

@@ -1,23 +1,30 @@
 """The target side of decoding: prefill, tree verification and one-token steps over one KV cache.
 
 Features are the target's last hidden states (after the final norm), the EAGLE convention; logits
-are computed from them only where needed, through the target's own LM head.
+are computed from them only where needed, through the target's own LM head. With `aux_layers`
+(an EAGLE-3 head drafts) each feature row also carries those hidden states: [final | aux...],
+4d wide (see features.py); logits read [:d].
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from taps_ray.decoding.features import final_features, with_aux
 from taps_ray.decoding.kv import causal_mask, compact_cache, prefix_tree_mask
 
 
 class TargetRunner:
     """Holds the target's KV cache for one sequence; all calls go through the public forward."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, aux_layers: Sequence[int] = ()):
         self.model = model
+        self.aux_layers = tuple(aux_layers)  # hidden-state indices appended to each feature row
         self.base = model.get_decoder()  # the transformer without the LM head
         self.lm_head = model.get_output_embeddings()
+        self.hidden_size = self.lm_head.weight.shape[1]  # d: the final state's width
         self.embed = model.get_input_embeddings()
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
@@ -30,11 +37,12 @@ class TargetRunner:
         self.cache = DynamicCache(config=self.model.config)
         self.length = 0
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., V] fp32
-        return self.lm_head(features).float()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:  # [..., d or 4d] -> [..., V] fp32
+        return self.lm_head(final_features(features, self.hidden_size)).float()
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [L] -> features [L, d]; the cache then holds L entries."""
+        """input_ids [L] -> features [L, d] ([L, 4d] with aux layers); the cache then holds L
+        entries."""
         self.reset()
         ids = input_ids.to(self.device)
         return self._forward(ids, torch.arange(ids.numel(), device=self.device), None)
@@ -78,6 +86,7 @@ class TargetRunner:
             attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
+            output_hidden_states=bool(self.aux_layers),
         )
         self.length += ids.numel()
-        return out.last_hidden_state[0]
+        return with_aux(out.last_hidden_state, out.hidden_states, self.aux_layers)[0]
