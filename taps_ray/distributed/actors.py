@@ -3,7 +3,7 @@
 
     TargetActor    the target, its KV cache (TargetRunner) and the sampling generator:
                    prefill, then per step verify + commit in one call
-    DrafterActor   one DrafterSession: start (reset + prefill pairs), extend, draft
+    DrafterActor   one drafter session (make_session): start (reset + prefill pairs), extend, draft
     ActorEngine    the decode loop of SpeculativeEngine with the same strategies, which see
                    `RemoteSession` proxies instead of in-process sessions
 
@@ -38,7 +38,8 @@ from taps_ray.decoding.engine import (
     step_stats,
     verify_tree,
 )
-from taps_ray.decoding.proposer import DrafterSession
+from taps_ray.decoding.features import agree_aux_layers, aux_layers_for
+from taps_ray.decoding.proposer import make_session
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import Strategy, strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
@@ -55,10 +56,10 @@ class TargetActor:
     """The target side of one sequence at a time: prefill, then verify + commit per step."""
 
     def __init__(self, target, device: str | None = None, dtype: str | None = None,
-                 torch_threads: int = 0):
+                 torch_threads: int = 0, aux_layers: tuple[int, ...] = ()):
         set_torch_threads(torch_threads)
         self.target = _load_target(target, device, dtype)
-        self.runner = TargetRunner(self.target.model)
+        self.runner = TargetRunner(self.target.model, aux_layers)  # EAGLE-3 heads' layers
         self.sampling, self.draws, self.stops = SamplingParams(), None, set()
 
     def stop_ids(self) -> set[int]:
@@ -71,7 +72,7 @@ class TargetActor:
         self.sampling, self.stops = sampling, stops
         self.draws = sampling_draws(seed)
         prompt = as_ids(prompt_ids, self.runner.device)
-        feats = self.runner.prefill(prompt)  # [L, d]
+        feats = self.runner.prefill(prompt)  # [L, d or 4d]
         root = pick_token(self.runner.logits(feats[-1:]), sampling, self.draws)
         nxt = torch.cat([prompt[1:], torch.tensor([root], device=prompt.device)])
         return root, (feats.cpu(), nxt.cpu())
@@ -84,7 +85,7 @@ class TargetActor:
         past = self.runner.length
         verify_ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])
         feats = self.runner.verify(verify_ids, tree_position_offsets(tree),
-                                   tree_attention_mask(tree))  # [n+1, d]
+                                   tree_attention_mask(tree))  # [n+1, d or 4d]
         result = verify_tree(tree, self.runner, feats, self.sampling, self.draws)
         committed, finished = clip_at_stop(
             result.accepted_tokens(tree) + [result.bonus_token], self.stops, budget
@@ -93,7 +94,7 @@ class TargetActor:
             return (result, committed, True), None
         keep = torch.tensor([0] + [n + 1 for n in result.accepted_nodes])  # verify offsets kept
         self.runner.commit(past, keep)
-        kept = feats[keep.to(feats.device)]  # [m+1, d]: root + accepted positions
+        kept = feats[keep.to(feats.device)]  # [m+1, d or 4d]: root + accepted positions
         return (result, committed, False), (kept.cpu(), torch.tensor(committed))
 
 
@@ -109,8 +110,13 @@ class DrafterActor:
         drafter = _load_drafter(drafter, target)
         model = target.model
         self.name = drafter.meta.name
-        self.session = DrafterSession(drafter, model.get_input_embeddings(),
-                                      model.get_output_embeddings().weight)
+        self.aux = aux_layers_for([drafter])
+        self.session = make_session(drafter, model.get_input_embeddings(),
+                                    model.get_output_embeddings().weight)
+
+    def aux_layers(self) -> tuple[int, ...]:
+        """The target hidden states this head reads besides the final one (EAGLE-3)."""
+        return self.aux
 
     def start(self, pairs: Pairs) -> None:
         self.session.reset()
@@ -139,6 +145,9 @@ class RemoteSession:
         self.actor = actor
         self.drafter = SimpleNamespace(draft_vocab=None)  # "full vocabulary": no column mapping
         self.head = torch.zeros(1, 1)  # [V'=1, d=1] dummy head for draft_many's matmul
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:  # [k, 1] -> [k, V'=1] dummy
+        return torch.zeros(hidden.shape[0], 1)
 
     def draft(self, tree: TreeConfig) -> DraftTree:
         return ray.get(self.actor.draft.remote(tree))
@@ -183,13 +192,20 @@ class ActorEngine:
         per_drafter = drafter_options or [{}] * len(drafters)
         if len(per_drafter) != len(drafters):
             raise TapsError("drafter_options needs one entry per drafter")
-        target_actor = TargetActor.options(**_placement(target_options)).remote(
-            shared, torch_threads=torch_threads)
         drafter_actors = [
             DrafterActor.options(**_placement(opts)).remote(d, shared,
                                                             torch_threads=torch_threads)
             for d, opts in zip(drafters, per_drafter, strict=True)
         ]
+        # the heads are loaded in their actors: they say which aux layers the target returns
+        try:
+            aux = agree_aux_layers(ray.get([a.aux_layers.remote() for a in drafter_actors]))
+        except Exception:
+            for actor in drafter_actors:
+                ray.kill(actor)
+            raise
+        target_actor = TargetActor.options(**_placement(target_options)).remote(
+            shared, torch_threads=torch_threads, aux_layers=aux)
         return cls(target_actor, drafter_actors, tree, strategy, **strategy_options)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import torch
 from taps_ray.config.schema import TreeConfig
 from taps_ray.data.records import Record, user_turns
 from taps_ray.decoding import calibration as cal
+from taps_ray.decoding.features import aux_layers_for
 from taps_ray.decoding.proposer import DrafterSession
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import DraftTree, children_lists
@@ -126,7 +127,7 @@ def collect(target, drafter, prompts: Sequence[ReplayPrompt], tree: TreeConfig) 
     """Pairs of every prompt for one drafter (target features cached per prompt, as replay)."""
     from taps_ray.decoding.proposer import make_session
 
-    runner = TargetRunner(target.model)
+    runner = TargetRunner(target.model, aux_layers_for([drafter]))
     session = make_session(drafter, runner.embed, runner.lm_head.weight)
     return [node_pairs(session, item, teacher_features(runner, item), tree) for item in prompts]
 

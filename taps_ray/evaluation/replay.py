@@ -98,13 +98,15 @@ def _continuation(target, record, turn, answers, max_new, folder: Path) -> Repla
 
 
 def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
-    """[L + N, d] target features of prompt + continuation from one teacher-forced pass.
+    """[L + N, d] target features of prompt + continuation from one teacher-forced pass
+    ([L + N, 4d] when the runner returns EAGLE-3 aux layers).
 
     Cached at `item.features_path` (beside the continuation) when set, so every later drafter,
-    epoch evaluation or sweep trial on the same prompts pays no target work at all.
+    epoch evaluation or sweep trial on the same prompts pays no target work at all; features
+    with aux layers are cached under a name that carries them (`features_file`).
     """
     ids = item_ids(item, runner.device)
-    path = Path(item.features_path) if item.features_path else None
+    path = features_file(item.features_path, runner.aux_layers) if item.features_path else None
     if path is not None and path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -120,11 +122,20 @@ def teacher_features(runner: TargetRunner, item: ReplayPrompt) -> torch.Tensor:
     return features
 
 
+def features_file(path: str | Path, aux_layers: Sequence[int]) -> Path:
+    """Where features of `aux_layers` are cached: `path` itself without aux layers (so caches
+    written before EAGLE-3 stay valid), else e.g. x.aux0-1-2.pt beside it."""
+    path = Path(path)
+    if not aux_layers:
+        return path
+    return path.with_name(f"{path.stem}.aux{'-'.join(str(i) for i in aux_layers)}{path.suffix}")
+
+
 def replay(
     sessions: Sequence[Session],
     strategy: Strategy,
     item: ReplayPrompt,
-    features: torch.Tensor,  # [L + N, d] from teacher_features
+    features: torch.Tensor,  # [L + N, d or 4d] from teacher_features
     tree: TreeConfig,
     block: int = 32,
 ) -> ReplayResult:
@@ -211,14 +222,13 @@ class KnownTrees:
 
     def _run_teacher_pairs(self) -> None:
         """Pairs (f_t, x_{t+1}) for t = 0..n-1, n = len(seq) - 2: all a last tree needs."""
-        from transformers import DynamicCache
-
         s, n = self.session, self.seq.numel() - 2
-        self.cache = DynamicCache(config=s.drafter.decoder.config)
+        self.cache = s.new_cache()
         with torch.inference_mode():
             self.hidden = s.run_pairs(
-                self.features[:n], self.seq[1 : n + 1], torch.arange(n, device=s.device),
-                causal_mask(0, n, s.dtype, s.device), self.cache,
+                s.pair_inputs(self.features[:n]), self.seq[1 : n + 1],
+                torch.arange(n, device=s.device), causal_mask(0, n, s.dtype, s.device),
+                self.cache,
             )
 
 

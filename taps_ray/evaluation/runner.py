@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from taps_ray.config.schema import EvaluationConfig, TreeConfig
 from taps_ray.data.mixture import benchmark_subset
+from taps_ray.decoding.features import aux_layers_for
 from taps_ray.decoding.proposer import Session, make_session
 from taps_ray.decoding.strategies import strategy_class
 from taps_ray.decoding.target_runner import TargetRunner
@@ -53,21 +54,22 @@ def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree:
     whatever drafting no earlier row on the prompt had done.
     """
     run_id = run_id or uuid.uuid4().hex[:12]
-    runner = TargetRunner(target.model)
+    combined = {c.label: _combined(drafters, c) for c in candidates}
+    # one teacher pass serves every head: EAGLE-3 heads' aux layers ride along (they must agree)
+    every = [*drafters.values(), *(d for ds in combined.values() for d in ds)]
+    runner = TargetRunner(target.model, aux_layers_for(every))
     head = runner.lm_head.weight
     sessions = {name: make_session(d, runner.embed, head) for name, d in drafters.items()}
     prepared = {}  # candidate label -> sessions of the drafters its strategy runs
     for cand in candidates:
-        options = cand.options or {}
-        kind = strategy_class(cand.strategy, options)
         chosen = [drafters[n] for n in cand.drafter_names]
-        combined = kind.prepare_drafters(chosen, **options)
-        if all(a is b for a, b in zip(combined, chosen, strict=False)) and len(combined) == len(
-            chosen
+        if len(combined[cand.label]) == len(chosen) and all(
+            a is b for a, b in zip(combined[cand.label], chosen, strict=True)
         ):
             prepared[cand.label] = [sessions[n] for n in cand.drafter_names]
         else:  # e.g. weight averaging made a new drafter
-            prepared[cand.label] = [make_session(d, runner.embed, head) for d in combined]
+            prepared[cand.label] = [make_session(d, runner.embed, head)
+                                    for d in combined[cand.label]]
     rows = []
     for item in _progress(prompts, progress):
         feats = teacher_features(runner, item)
@@ -81,6 +83,13 @@ def replay_candidates(target, drafters: dict, candidates: list[Candidate], tree:
             result = replay(chosen, strategy, item, feats, tree)
             rows.append(_row(run_id, target, cand, item, result, tree, time.perf_counter() - start))
     return rows
+
+
+def _combined(drafters: dict, cand: Candidate) -> list:
+    """The drafters `cand`'s strategy runs (weight averaging makes one new drafter)."""
+    options = cand.options or {}
+    kind = strategy_class(cand.strategy, options)
+    return kind.prepare_drafters([drafters[n] for n in cand.drafter_names], **options)
 
 
 def _row(run_id, target, cand: Candidate, item: ReplayPrompt, result: ReplayResult,
