@@ -230,8 +230,7 @@ class DrafterTrainer:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             parts = ttt_losses(self.drafter, outputs, probs, batch.loss_mask)
         parts["loss"].backward()
-        row = {key.replace("_0", ""): float(v.detach()) for key, v in parts.items()}
-        return row
+        return {key.removesuffix("_0"): float(v.detach()) for key, v in parts.items()}
 
     def _end_epoch(self, log: TrainLog, on_epoch_end: EpochHook | None) -> None:
         """Checkpoint first (a hook may hand `<out>/checkpoints/last` to Ray Tune), then the
