@@ -41,7 +41,7 @@ class SearchSpace:
 
     math_fraction: list[float] = field(default_factory=list)  # math share; the rest is chat
     total: list[int] = field(default_factory=list)  # data.total (conversations drawn)
-    method: list[Literal["eagle2", "hass"]] = field(default_factory=list)  # drafter.method
+    method: list[Literal["eagle2", "hass", "eagle3"]] = field(default_factory=list)  # method
     align_steps: list[int] = field(default_factory=list)  # training.align_steps (HASS J)
     lr: list[float] | dict[str, list[float]] = field(default_factory=list)  # training.lr
     epochs: list[int] = field(default_factory=list)  # training.epochs
@@ -146,14 +146,17 @@ def grid_params(space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def data_specs(cfg: SweepConfig) -> list[ExperimentConfig]:
-    """One config per distinct (mixture, total): the feature caches the trials will read."""
+    """One config per distinct feature cache the trials will read: (mixture, total, and whether
+    the method needs EAGLE-3's aux layers)."""
     fractions = cfg.space.math_fraction or [None]
     totals = cfg.space.total or [None]
+    methods = cfg.space.method or [None]
     out, seen = [], set()
-    for fraction, total in itertools.product(fractions, totals):
-        params = {k: v for k, v in (("math_fraction", fraction), ("total", total)) if v is not None}
+    for fraction, total, method in itertools.product(fractions, totals, methods):
+        params = {k: v for k, v in (("math_fraction", fraction), ("total", total),
+                                    ("method", method)) if v is not None}
         trial = trial_config(cfg.base, params)
-        key = (trial.data.mixture, trial.data.total)
+        key = (trial.data.mixture, trial.data.total, trial.drafter.method == "eagle3")
         if key not in seen:
             seen.add(key)
             out.append(trial)

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from taps_ray.distributed.sweep import SweepConfig, data_specs, trial_config
-from taps_ray.training.epoch_eval import epoch_metrics, replay_evaluator
+from taps_ray.training.epoch_eval import replay_evaluator
 
-__all__ = ["epoch_metrics", "epoch_reporter", "prepare_data", "restore_checkpoint", "sweep_trial"]
+__all__ = ["epoch_reporter", "prepare_data", "restore_checkpoint", "sweep_trial"]
 
 
 def sweep_trial(config: dict, base: dict, speed: list[str] | None = None) -> None:

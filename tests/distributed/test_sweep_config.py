@@ -72,6 +72,15 @@ def test_distinct_data_specs_cross_fractions_and_totals():
                                    "space.method=[eagle2, hass]"])
     assert {(s.data.mixture, s.data.total) for s in data_specs(cfg)} == {
         ("chat=1.0", 8), ("chat=1.0", 16), ("math=1.0", 8), ("math=1.0", 16)}
+    assert len(data_specs(cfg)) == 4  # EAGLE-2 and HASS share one cache per mixture and total
+
+
+def test_eagle3_trials_get_their_own_feature_caches():
+    cfg = load_sweep_config(None, ["space.math_fraction=[0, 1]",
+                                   "space.method=[eagle2, hass, eagle3]"])
+    specs = data_specs(cfg)
+    assert sorted((s.data.mixture, s.drafter.method == "eagle3") for s in specs) == [
+        ("chat=1.0", False), ("chat=1.0", True), ("math=1.0", False), ("math=1.0", True)]
 
 
 def test_smoke_keeps_grid_ends_and_tiny_sizes():

@@ -86,8 +86,8 @@ def test_labels_with_a_tree_read_as_their_configuration():
 
 
 def test_a_sweep_trial_is_priced_as_a_calibrated_head():
-    from taps_ray.distributed.trial import epoch_metrics
     from taps_ray.evaluation.speed_select import predicted_speedup
+    from taps_ray.training.epoch_eval import epoch_metrics
 
     rows = pd.DataFrame([replay("drafter", b, "p1", 3.0, steps=10, new_tokens=30,
                                verify_tokens_per_step=9.0, drafters=["drafter"]).__dict__
