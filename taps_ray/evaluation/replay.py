@@ -25,7 +25,8 @@ from taps_ray.data.records import Record, turn_messages, user_turns
 from taps_ray.data.render import render_prompt
 from taps_ray.decoding.engine import default_stop_ids, generate_plain
 from taps_ray.decoding.kv import causal_mask
-from taps_ray.decoding.proposer import DrafterSession, Session, draft_at_positions
+from taps_ray.decoding.positions import draft_at_positions
+from taps_ray.decoding.proposer import DrafterSession, Session
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import Strategy
 from taps_ray.decoding.target_runner import TargetRunner
