@@ -96,7 +96,10 @@ def inverse_cdf(
     """The token whose cumulative-mass interval (in vocabulary order) holds u * mass: a draw
     from `probs` when u is uniform; a token of zero probability is never returned."""
     cdf = probs.to(torch.float64).cumsum(0)
-    index = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=torch.float64),
+    mass = float(cdf[-1])
+    if not 0 < mass < float("inf"):  # NaN fails too: e.g. logits overflowed by a tiny temperature
+        raise ValueError(f"probability tensor is not a distribution (sum {mass})")
+    index = int(torch.searchsorted(cdf, torch.tensor([u * mass], dtype=torch.float64),
                                    right=True))
     if index >= probs.numel():  # u * mass rounded up to the mass: the last possible token
         index = int(torch.nonzero(probs > 0)[-1])

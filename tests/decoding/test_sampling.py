@@ -80,6 +80,9 @@ def test_inverse_cdf_respects_zeros_and_interval_edges():
     assert [inverse_cdf(probs, u) for u in (0.0, 0.2499, 0.25, 0.9999)] == [1, 1, 3, 3]
     assert inverse_cdf(probs, 1.0) == 3  # u * mass rounded up to the mass: never a zero tail
     assert inverse_cdf(probs * 5, 0.5) == 3  # unnormalised
+    for bad in (torch.zeros(3), torch.full((3,), float("nan"))):
+        with pytest.raises(ValueError, match="not a distribution"):
+            inverse_cdf(bad, 0.5)
 
 
 def test_position_draws_are_keyed_by_seed_and_position_only():

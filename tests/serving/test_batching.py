@@ -150,7 +150,7 @@ def test_a_failing_sequence_fails_alone(target, drafters):
         broken = dataclasses.replace(svc.prepare(reqs[0]), sampling=SamplingParams(1e-45))
         failing = pool.submit(read, svc.run(broken))
         results = list(pool.map(read, [svc.run(svc.prepare(r)) for r in reqs]))
-        with pytest.raises(RuntimeError, match="probability tensor"):
+        with pytest.raises(ValueError, match="probability tensor is not a distribution"):
             failing.result()
     assert [text for text, _ in results] == [alone(target, r) for r in reqs]
 
