@@ -27,6 +27,7 @@ import torch
 
 from taps_ray.decoding.adaptive import make_policy
 from taps_ray.decoding.engine import Chunk, SpeculativeEngine, default_stop_ids, stream_plain
+from taps_ray.decoding.features import aux_layers_for
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import strategy_names
 from taps_ray.errors import TapsError
@@ -78,6 +79,9 @@ class CompletionService:
         self.drafters = {d.meta.name: d for d in drafters}
         if len(self.drafters) != len(drafters):
             raise TapsError("drafters must have distinct names (taps.json 'name'); rename one")
+        # one target forward serves every head: EAGLE-3 heads must agree on their aux layers,
+        # refused here at start rather than per request
+        self.aux_layers = aux_layers_for(drafters)
         self.default_strategy = PLAIN if plain_reason or not drafters else config.strategy
         self.plain_reason = plain_reason  # why drafters were skipped ("" if they were not)
         self.context = config.max_context or _model_context(target)
@@ -98,7 +102,8 @@ class CompletionService:
                                  max_queue=config.batch_queue,
                                  prefill_chunk=config.prefill_chunk,
                                  speculation=config.batch_speculation)
-        return BatchScheduler(self.target, settings, profile=self.profile)
+        return BatchScheduler(self.target, settings, profile=self.profile,
+                              aux_layers=self.aux_layers)
 
     def start(self) -> CompletionService:
         """Start the batch's decoding thread (nothing to start without batching)."""

@@ -107,13 +107,15 @@ def calibrate(
 
     `drafters`: name -> EagleDrafter or PromptLookupDrafter; prompt lookup is always added.
     """
+    from taps_ray.decoding.features import aux_layers_for
     from taps_ray.decoding.prompt_lookup import DRAFTER_NAME, PromptLookupDrafter
     from taps_ray.decoding.target_runner import TargetRunner
     from taps_ray.evaluation.results import git_rev
 
     settings = settings or CalibrationSettings()
     say = progress or (lambda _line: None)
-    runner = TargetRunner(target.model)
+    eagle3 = [d for d in drafters.values() if getattr(d, "kind", "") == "eagle3"]
+    runner = TargetRunner(target.model, aux_layers_for(eagle3))  # what decoding will run
     ctx = _Context(runner, settings, _sync_for(runner.device), say)
     t1 = ctx.plain_step()
     verify = {kv: ctx.verify_curve(kv) for kv in settings.kv_lens}
@@ -218,10 +220,10 @@ class _Context:
         return self.eagle_rounds(name, drafter), 0.0
 
     def eagle_rounds(self, name: str, drafter) -> dict[int, float]:
-        from taps_ray.decoding.proposer import DrafterSession
+        from taps_ray.decoding.proposer import make_session
 
         runner, kv = self.runner, self.settings.ref_kv_len
-        session = DrafterSession(drafter, runner.embed, runner.lm_head.weight)
+        session = make_session(drafter, runner.embed, runner.lm_head.weight)
         prefix = self.ids(kv + 1)
         feats = runner.prefill(prefix[:-1])  # [kv, d]: real target features
         session.reset()

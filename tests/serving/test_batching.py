@@ -249,3 +249,30 @@ def test_over_http_a_client_that_disconnects_leaves_the_batch(target, drafters):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert svc.scheduler.snapshot().tokens < 480  # far from running to its end
+
+
+def test_eagle3_heads_serve_batched_and_must_share_aux_layers(target, drafters):
+    """The replica's batch returns the EAGLE-3 heads' aux layers; heads reading different
+    target layers are refused when the service starts, not per request."""
+    from taps_ray.errors import TapsError
+    from taps_ray.models.drafter import untrained_drafter
+    from taps_ray.models.eagle3 import Eagle3Drafter
+
+    def eagle3(name: str, aux) -> Eagle3Drafter:
+        head = untrained_drafter(target, 5, layout="eagle3")
+        other = Eagle3Drafter(target.model.config, head.draft_vocab, aux)
+        other.load_state_dict(head.state_dict())
+        other.meta = dataclasses.replace(head.meta, name=name, aux_layers=list(aux))
+        return other.eval().requires_grad_(False)
+
+    first = eagle3("math-e3", (0, 1, 2))
+    svc = batched(target, [*drafters, first])
+    assert svc.aux_layers == (0, 1, 2) and svc.scheduler.aux_layers == (0, 1, 2)
+    reqs = [request(p, 6 + i, strategy="single" if i % 2 else "route-confidence",
+                    drafters=["math-e3"] if i % 2 else None) for i, p in enumerate(prompts(4))]
+    reqs[0] = dataclasses.replace(reqs[0], drafters=None, strategy="none")
+    with svc, ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda r: read(svc.run(svc.prepare(r)))[0], reqs))
+    assert texts == [alone(target, r) for r in reqs]
+    with pytest.raises(TapsError, match="share aux_layers"):
+        batched(target, [first, eagle3("chat-e3", (0, 2, 2))])

@@ -36,12 +36,16 @@ def drafter_dirs(tiny_folder, tmp_path_factory):
                                                                target="other-model"))
     wide = untrained_drafter(tiny_target(vocab=48))
     other_vocab = save_drafter(wide, root / "vocab48", DrafterMeta(name="x-eagle2"))
-    return {"good": good, "foreign": foreign, "vocab48": other_vocab}
+    eagle3 = save_drafter(untrained_drafter(target, layout="eagle3", draft_vocab_size=20),
+                          root / "eagle3", DrafterMeta(name="math-eagle3", method="eagle3",
+                                                       target=str(tiny_folder)))
+    return {"good": good, "foreign": foreign, "vocab48": other_vocab, "eagle3": eagle3}
 
 
 def test_quick_calibration_writes_a_valid_profile(tiny_folder, drafter_dirs, cache, capsys):
     args = ["calibrate", "--target", str(tiny_folder), "--device", "cpu", "--quick",
-            "--drafters", str(drafter_dirs["good"]), "prompt-lookup", "--json"]
+            "--drafters", str(drafter_dirs["good"]), str(drafter_dirs["eagle3"]), "prompt-lookup",
+            "--json"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     key = current_key(str(tiny_folder), torch.float32, "cpu", kernels="default")
@@ -49,8 +53,9 @@ def test_quick_calibration_writes_a_valid_profile(tiny_folder, drafter_dirs, cac
     assert len(files) == 1 and json.loads(files[0].read_text()) == printed
     profile = load_profile(files[0], expect=key)
     assert sorted(profile.verify_s) == [16, 48] and sorted(profile.verify_s[16]) == [1, 2, 4, 8]
-    assert set(profile.draft_round_s) == {"math-eagle2", "prompt-lookup"}
+    assert set(profile.draft_round_s) == {"math-eagle2", "math-eagle3", "prompt-lookup"}
     assert sorted(profile.draft_round_s["math-eagle2"]) == [1, 2, 4]
+    assert sorted(profile.draft_round_s["math-eagle3"]) == [1, 2, 4]  # its own 20-token head
     assert profile.t1_s > 0 and profile.tv(6) > 0
     assert set(profile.overhead_s) == {"route", "merge", "logits_row", "step"}
     assert profile.draft_s("prompt-lookup", TreeConfig()) > 0  # measured, near zero
