@@ -8,7 +8,7 @@ reach, estimated rather than guessed. Every stage resumes: features, heads and e
 already on disk are reused.
 
     python benchmarks/learning_curve.py [--sizes 150,300,600,1200] [--methods eagle2,hass]
-        [--epochs 4] [--runs runs/learning-curve] [--out docs/results/learning-curve]
+        [--epochs 2] [--runs runs/learning-curve] [--out docs/results/learning-curve]
 """
 
 from __future__ import annotations
@@ -42,15 +42,18 @@ def regenerated_prefix(target, limit: int) -> list:
     return done[:limit]
 
 
-def features_for(target, records: list, size: int):
-    """The feature cache of the first `size` regenerated conversations (built once)."""
+def features_for(target, records: list, size: int, method: str):
+    """The feature cache of the first `size` regenerated conversations (built once; with the
+    aux layers for EAGLE-3)."""
     from taps_ray.training.examples import DataSpec, render_examples
     from taps_ray.training.features import FeatureCache, FeatureSpec
+    from taps_ray.training.pipeline import aux_layers_for
 
     examples, _ = render_examples(target.tokenizer, records[:size], REGEN["max_length"])
     label = f"{REGEN['mixture']} regenerated, first {size} of {REGEN['total']}"
     spec = DataSpec(label, size, REGEN["seed"], REGEN["max_length"], True, REGEN["max_new"])
-    return FeatureCache.build(target, examples, FeatureSpec.for_target(target, spec, "fp16"))
+    aux = aux_layers_for(target, method)
+    return FeatureCache.build(target, examples, FeatureSpec.for_target(target, spec, "fp16", aux))
 
 
 def loss_tokens(source) -> int:
@@ -68,7 +71,7 @@ def train(target, source, method: str, size: int, epochs: int, folder: Path):
     if (drafter / "taps.json").is_file():
         return drafter
     cfg = replace(TrainingConfig(), epochs=epochs, lr=5e-4, w_topk=1.0)
-    vocab = draft_vocab_for(target, source, 8192) if method == "eagle3" else None
+    vocab = draft_vocab_for(target, source, 0, method)  # EAGLE-3: its own 8192-token head
     meta = DrafterMeta(name=f"math{size}-{method}", target=str(target.name),
                        tokenizer_fingerprint=tokenizer_fingerprint(target.tokenizer),
                        data={"regenerated": REGEN, "conversations": size})
@@ -133,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="150,300,600,1200")
     parser.add_argument("--methods", default="eagle2,hass")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=8, help="replay prompts per benchmark")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--runs", default="runs/learning-curve")
@@ -160,10 +163,10 @@ def main() -> None:
     prompts = replay_prompts(target, evaluation)
     rows = []
     for size in sizes:
-        source = features_for(target, records, size)
-        tokens = loss_tokens(source)
         for method in methods:
             start = time.time()
+            source = features_for(target, records, size, method)
+            tokens = loss_tokens(source)
             drafter = train(target, source, method, size, args.epochs, runs / f"{method}-{size}")
             taus = evaluate(target, drafter, prompts, out / f"{method}-{size}.json")
             summary = json.loads((drafter / "taps.json").read_text())["extra"]["training"]
