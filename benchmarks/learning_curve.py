@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--runs", default="runs/learning-curve")
     parser.add_argument("--out", default="docs/results/learning-curve")
+    parser.add_argument("--summarize", action="store_true",
+                        help="only rebuild summary.json and the plot from the heads evaluated")
     args = parser.parse_args()
     import torch
 
@@ -158,25 +160,44 @@ def main() -> None:
     if len(records) < max(sizes):
         sys.exit(f"only {len(records)} regenerated answers are cached, {max(sizes)} needed; "
                  "let runs/selfdistill/regen.py run longer or pass smaller --sizes")
+    if args.summarize:
+        return summarize(target, records, out, runs, args)
     evaluation = EvaluationConfig(benchmarks=BENCHES, prompts_per_benchmark=args.prompts,
                                   seed=1, max_new_tokens=args.max_new_tokens)
     prompts = replay_prompts(target, evaluation)
-    rows = []
     for size in sizes:
         for method in methods:
             start = time.time()
             source = features_for(target, records, size, method)
-            tokens = loss_tokens(source)
             drafter = train(target, source, method, size, args.epochs, runs / f"{method}-{size}")
             taus = evaluate(target, drafter, prompts, out / f"{method}-{size}.json")
-            summary = json.loads((drafter / "taps.json").read_text())["extra"]["training"]
-            rows.append({"method": method, "conversations": size, "loss_tokens": tokens,
-                         "epochs": args.epochs, "loss_tokens_seen": tokens * args.epochs,
-                         "final_loss": round(summary["final_loss"], 4),
-                         "final_acc": round(summary["final_acc"], 4), "tau": taus})
             print(f"{method} {size}: tau {taus} ({time.time() - start:.0f} s)", flush=True)
-    fits = {m: {b: fit([(r["loss_tokens_seen"], r["tau"][b]) for r in rows if r["method"] == m])
-                for b in [*BENCHES, "mean"]} for m in methods}
+    summarize(target, records, out, runs, args)
+
+
+def summarize(target, records: list, out: Path, runs: Path, args) -> None:
+    """summary.json, the fits and the plot over every head evaluated so far (several runs of
+    this script, e.g. one per method, write into the same folder)."""
+    rows = []
+    for path in sorted(out.glob("*-*.json")):
+        method, _, size = path.stem.rpartition("-")
+        if not size.isdigit():
+            continue
+        source = features_for(target, records, int(size), method)
+        meta = json.loads((runs / path.stem / "drafter" / "taps.json").read_text())
+        training = meta["extra"]["training"]
+        tokens = loss_tokens(source)
+        rows.append({"method": method, "conversations": int(size), "loss_tokens": tokens,
+                     "epochs": training["epochs_done"],
+                     "loss_tokens_seen": tokens * training["epochs_done"],
+                     "final_loss": round(training["final_loss"], 4),
+                     "final_acc": round(training["final_acc"], 4),
+                     "tau": json.loads(path.read_text())})
+    rows.sort(key=lambda r: (r["method"], r["conversations"]))
+    methods = sorted({r["method"] for r in rows})
+    fits = {m: {b: fit([(r["loss_tokens_seen"], r["tau"][b]) for r in rows
+                        if r["method"] == m]) for b in [*BENCHES, "mean"]}
+            for m in methods if sum(r["method"] == m for r in rows) >= 2}
     summary = {"recipe": {"regenerated": REGEN, "epochs": args.epochs, "tree": "60/5/10",
                           "replay": {"prompts_per_benchmark": args.prompts, "seed": 1,
                                      "max_new_tokens": args.max_new_tokens}},
