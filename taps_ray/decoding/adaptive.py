@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from taps_ray.decoding.tree import DraftTree, select_tree
+from taps_ray.decoding.tree import DraftTree
 from taps_ray.errors import TapsError
 
 VerifyCost = Callable[[int], float]  # tokens fed to the target (root included) -> seconds
@@ -191,10 +191,7 @@ class AdaptivePolicy:
         cost = self.cost()
         if not self.cut_trees or cost is None or tree.size == 0:
             return tree
-        keep = best_tree_size(tree.scores.exp(), cost, draft_s, self.scale)
-        if keep == tree.size:
-            return tree
-        return select_tree(tree.tokens, tree.parents, tree.scores, tree.entropies, keep)
+        return tree.top(best_tree_size(tree.scores.exp(), cost, draft_s, self.scale))
 
     def observe(self, verify_tokens: int, accepted: int, committed: int, predicted: float,
                 verify_s: float, step_s: float) -> None:

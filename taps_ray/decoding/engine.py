@@ -27,7 +27,6 @@ from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.decoding.tree import (
     DraftTree,
     children_lists,
-    select_tree,
     tree_attention_mask,
     tree_position_offsets,
 )
@@ -282,8 +281,8 @@ class StepPlan:
         tree = self.tree
         if size >= tree.size:
             return self
-        small = select_tree(tree.tokens, tree.parents, tree.scores, tree.entropies, size)
-        return StepPlan.of(int(self.tokens[0]), replace(self.proposal, tree=small), self.draft_s)
+        return StepPlan.of(int(self.tokens[0]), replace(self.proposal, tree=tree.top(size)),
+                           self.draft_s)
 
 
 @dataclass

@@ -45,6 +45,13 @@ class DraftTree:
     def size(self) -> int:
         return self.tokens.numel()
 
+    def top(self, size: int) -> DraftTree:
+        """The `size` best nodes by score (a connected tree: scores fall along every path);
+        the tree itself when it has no more."""
+        if size >= self.size:
+            return self
+        return select_tree(self.tokens, self.parents, self.scores, self.entropies, size)
+
     @property
     def depths(self) -> torch.Tensor:  # [n] long, 1-based
         return torch.tensor(

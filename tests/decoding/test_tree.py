@@ -134,3 +134,11 @@ def test_select_tree_on_random_eagle_candidates():
         assert p < k
         assert (kept[p] if p >= 0 else -1) == parents[kept[k]]  # remapped to the same parent
     assert tree.depths.tolist() == sorted(tree.depths.tolist())
+
+
+def test_top_keeps_the_best_connected_nodes_or_the_tree_itself():
+    tree = DraftTree.make_dummy([-1, -1, 0, 0, 2], scores=[-0.1, -2.0, -0.3, -3.0, -0.5])
+    assert tree.top(5) is tree and tree.top(9) is tree
+    small = tree.top(3)
+    assert small.tokens.tolist() == [1, 3, 5] and small.parents.tolist() == [-1, 0, 1]
+    assert tree.top(0).size == 0
