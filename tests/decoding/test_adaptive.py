@@ -19,6 +19,7 @@ from taps_ray.decoding.prompt_lookup import PromptLookupDrafter
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.tree import DraftTree
 from taps_ray.models.drafter import untrained_drafter
+from tests.steady import LosingGuard, SteadyCostPolicy
 from tests.tiny import tiny_target
 
 GREEDY = SamplingParams()
@@ -114,28 +115,10 @@ def test_cut_keeps_a_connected_prefix_by_score():
 # --- lossless decoding under the policy -------------------------------------------------------
 
 
-class LosingGuard(SpeedGuard):
-    """Plain decoding always measures faster: speculation goes off after every window."""
-
-    def observe(self, committed: int, seconds: float) -> None:
-        super().observe(committed, seconds)
-        self.plain_rate = 1e9
-
-
-class SteadyDraftPolicy(AdaptivePolicy):
-    """Cuts as if every draft took 2 ms: the measured draft time of a busy CI machine would
-    change which cuts pay, and the test must not depend on the machine's load."""
-
-    def cut(self, tree: DraftTree, draft_s: float) -> DraftTree:
-        return super().cut(tree, 0.002)
-
-
 def flipping_policy(cost=lambda n: 0.01 + 0.0005 * n) -> AdaptivePolicy:
     """Cuts trees and turns speculation off after every 2-step window, probing again after 2
-    plain steps: both kinds of steps in every run."""
-    guard = LosingGuard(GuardSettings(window=2, plain_probe=1, backoff=2, max_backoff=2),
-                        plain_rate=1e9)
-    return SteadyDraftPolicy(verify_cost=cost, guard=guard)
+    plain steps: both kinds of steps in every run, whatever the machine's load."""
+    return SteadyCostPolicy(verify_cost=cost, guard=LosingGuard())
 
 
 @pytest.mark.parametrize("with_eagle", [False, True], ids=["lookup", "merged-lookup-eagle"])

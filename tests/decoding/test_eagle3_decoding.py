@@ -35,7 +35,7 @@ from taps_ray.models.drafter import EagleDrafter, untrained_drafter
 from taps_ray.models.eagle3 import Eagle3Drafter
 from tests.accepted import assert_accepted
 from tests.decoding.eagle3_heads import overfit_eagle3
-from tests.decoding.test_strategies import LosingGuard
+from tests.steady import LosingGuard, SteadyCostPolicy
 from tests.tiny import tiny_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
@@ -179,7 +179,7 @@ def engine_for(name: str, setup) -> SpeculativeEngine:
     strategy, options, kinds, policy = CASES[name]
     pick = {"3": head, "2": eagle2, "L": PromptLookupDrafter(), "x": overfit_like(target, head)}
     policies = {None: None, "fallback": AdaptivePolicy(guard=LosingGuard(), cut=False),
-                "cut": AdaptivePolicy(verify_cost=lambda n: 1.0 + 0.25 * n, guard=None)}
+                "cut": SteadyCostPolicy(verify_cost=lambda n: 1.0 + 0.25 * n, guard=None)}
     return SpeculativeEngine(target, [pick[k] for k in kinds], TREE, strategy,
                              policy=policies[policy], **options)
 
