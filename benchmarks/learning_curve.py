@@ -204,7 +204,33 @@ def summarize(target, records: list, out: Path, runs: Path, args) -> None:
                "rows": rows, "fits": fits}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, methods, out / "learning-curve.png")
-    print(json.dumps(fits, indent=2))
+    print(markdown(summary))
+
+
+NAMES = {"mt_bench": "MT-Bench", "gsm8k": "GSM8K", "math500": "MATH-500", "svamp": "SVAMP",
+         "mean": "mean"}
+FIT_ROWS = {"tau per doubling": "b_per_doubling", "R2": "r2", "tau at 10x": "tau_at_10x",
+            "tau at 100x": "tau_at_100x"}
+
+
+def markdown(summary: dict) -> str:
+    """The two tables of docs/results.md (tests/test_docs_figures.py checks them)."""
+    cols = [*BENCHES, "mean"]
+    head = "| head | assistant tokens seen | " + " | ".join(NAMES[b] for b in cols)
+    lines = [head + " | final top-1 acc |", "|" + " --- |" * (len(cols) + 3)]
+    for r in summary["rows"]:
+        taus = " | ".join(f"{r['tau'][b]:.2f}" for b in cols)
+        lines.append(f"| {r['method']}-{r['conversations']} | {r['loss_tokens_seen']} | {taus} "
+                     f"| {r['final_acc']:.3f} |")
+    source = ("Source: `docs/results/learning-curve/summary.json` "
+              "(`python benchmarks/learning_curve.py`)")
+    lines += ["", source, "", "| fit: tau = a + b log2(tokens) | " + " | ".join(NAMES[b] for b in cols) + " |",
+              "|" + " --- |" * (len(cols) + 1)]
+    for method, fits in summary["fits"].items():
+        for label, key in FIT_ROWS.items():
+            lines.append(f"| {method} {label} | "
+                         + " | ".join(f"{fits[b][key]:.3f}" for b in cols) + " |")
+    return "\n".join([*lines, "", source])
 
 
 if __name__ == "__main__":

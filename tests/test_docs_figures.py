@@ -67,8 +67,31 @@ def replay_equals_live(path: Path):
     return lookup
 
 
+def learning_curve(path: Path):
+    """benchmarks/learning_curve.py's summary.json: per head (method-conversations) its tau,
+    tokens and accuracy; per method the fit's slope, R2 and extrapolations."""
+    data = json.loads(path.read_text())
+    heads = {f"{r['method']}-{r['conversations']}": r for r in data["rows"]}
+    fits = {"tau per doubling": "b_per_doubling", "R2": "r2", "tau at 10x": "tau_at_10x",
+            "tau at 100x": "tau_at_100x"}
+
+    def lookup(row: str, col: str) -> list[float]:
+        if row in heads:
+            head = heads[row]
+            if col == "assistant tokens seen":
+                return [head["loss_tokens_seen"]]
+            if col == "final top-1 acc":
+                return [head["final_acc"]]
+            return [head["tau"][BENCHMARKS[col]]]
+        method, _, label = row.partition(" ")
+        return [data["fits"][method][BENCHMARKS[col]][fits[label]]]
+
+    return lookup
+
+
 DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live,  # tables in docs/
-               "docs/results/replay-equals-live-60-5-10.json": replay_equals_live}
+               "docs/results/replay-equals-live-60-5-10.json": replay_equals_live,
+               "docs/results/learning-curve/summary.json": learning_curve}
 READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
            "docs/bench/speed-choice.json": speed_choice, **DOC_READERS}
 
