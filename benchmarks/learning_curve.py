@@ -224,8 +224,8 @@ def markdown(summary: dict) -> str:
                      f"| {r['final_acc']:.3f} |")
     source = ("Source: `docs/results/learning-curve/summary.json` "
               "(`python benchmarks/learning_curve.py`)")
-    lines += ["", source, "", "| fit: tau = a + b log2(tokens) | " + " | ".join(NAMES[b] for b in cols) + " |",
-              "|" + " --- |" * (len(cols) + 1)]
+    fit_head = "| fit: tau = a + b log2(tokens) | " + " | ".join(NAMES[b] for b in cols) + " |"
+    lines += ["", source, "", fit_head, "|" + " --- |" * (len(cols) + 1)]
     for method, fits in summary["fits"].items():
         for label, key in FIT_ROWS.items():
             lines.append(f"| {method} {label} | "
