@@ -110,22 +110,28 @@ def fit(points: list[tuple[float, float]]) -> dict:
             "tau_at_100x": round(a + b * math.log2(100 * top), 3)}
 
 
-def plot(rows: list[dict], methods: list[str], path: Path) -> None:
+def plot(rows: list[dict], fits: dict, path: Path) -> None:
+    """tau vs tokens per benchmark and the mean, one line per method, its fit dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(BENCHES), figsize=(4 * len(BENCHES), 3.4), sharey=True)
-    for ax, bench in zip(axes, BENCHES, strict=True):
-        for method in methods:
+    cols = [*BENCHES, "mean"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.4), sharey=True)
+    for ax, bench in zip(axes, cols, strict=True):
+        for k, method in enumerate(sorted({r["method"] for r in rows})):
             pts = sorted((r["loss_tokens_seen"], r["tau"][bench]) for r in rows
                          if r["method"] == method)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+            color = f"C{k}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=method)
+            if method in fits:
+                f, xs = fits[method][bench], [pts[0][0], pts[-1][0] * 4]
+                ax.plot(xs, [f["a"] + f["b_per_doubling"] * math.log2(x) for x in xs], "--",
+                        color=color, linewidth=0.8)
         ax.set_xscale("log", base=2)
         ax.set_title(bench)
-        ax.set_xlabel("assistant tokens seen in training")
+        ax.set_xlabel("assistant tokens seen")
     axes[0].set_ylabel("replay tau (T = 0, 60/5/10)")
     axes[0].legend()
     fig.tight_layout()
@@ -203,7 +209,7 @@ def summarize(target, records: list, out: Path, runs: Path, args) -> None:
                                      "max_new_tokens": args.max_new_tokens}},
                "rows": rows, "fits": fits}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(rows, methods, out / "learning-curve.png")
+    plot(rows, fits, out / "learning-curve.png")
     print(markdown(summary))
 
 
