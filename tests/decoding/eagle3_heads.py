@@ -3,8 +3,9 @@
 An exact EAGLE-3 oracle does not exist the way EAGLE-2's does (tests/accepted.py): a committed
 pair's hidden input is fc(aux_t), made from the target's states at t, while the target's next
 feature also needs x_{t+1} in its residual stream. So the head learns, full batch, on the
-target's greedy continuations of a few prompts with a training-time-test unroll that drafts a
-chain exactly as `Eagle3Session` does (the shared design's loss, without B's data pipeline):
+target's greedy continuations of a few prompts with the trainer's training-time-test unroll
+(`training.eagle3.ttt_forward`, which drafts a chain exactly as `Eagle3Session` does), full
+batch, without the trainer's data pipeline:
 
     step k at index t: hidden = fc(aux_t) (k = 0) or step k-1's output at t, token x_{t+1+k},
     position t + k; it sees step 0's keys <= t and steps 1..k's keys at t; its log-softmax
@@ -19,11 +20,11 @@ import torch
 
 from taps_ray.decoding.engine import generate_plain
 from taps_ray.decoding.features import aux_features
-from taps_ray.decoding.kv import additive_mask
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.models.drafter import DrafterMeta
 from taps_ray.models.eagle3 import Eagle3Drafter
+from taps_ray.training.eagle3 import ttt_forward
 
 
 def teacher_batch(target, prompts: Sequence[Sequence[int]], max_new: int
@@ -39,35 +40,6 @@ def draft_vocab_of(ids: torch.Tensor, vocab: int, extra: int = 6, seed: int = 0)
     return torch.cat([ids.flatten(), others]).unique()
 
 
-def ttt_mask(n0: int, k: int) -> torch.Tensor:  # [1, 1, n_k, sum_{j<=k} n_j] additive
-    """Step k's attention over the unrolled cache [step 0 | step 1 | ... | step k]."""
-    sizes = [n0 - j for j in range(k + 1)]
-    n = sizes[-1]
-    allowed = torch.zeros(n, sum(sizes), dtype=torch.bool)
-    allowed[:, :n0] = torch.ones(n, n0, dtype=torch.bool).tril()
-    offset = n0
-    for size in sizes[1:]:
-        allowed[:, offset : offset + n] = torch.eye(n, dtype=torch.bool)
-        offset += size
-    return additive_mask(allowed, torch.float32)
-
-
-def ttt_outputs(head: Eagle3Drafter, feats: torch.Tensor, embeds: torch.Tensor, unroll: int
-                ) -> list[torch.Tensor]:  # unroll x [B, T-1-k, d]
-    """The head's outputs at every unroll step (feats [B, T, 4d], embeds [B, T, d])."""
-    d, n0 = embeds.shape[-1], feats.shape[1] - 1
-    cache, outs = head.new_cache(), []
-    hidden = head.project(aux_features(feats[:, :-1], d))  # [B, T-1, d]
-    for k in range(unroll):
-        n = n0 - k
-        pos = torch.arange(k, k + n)[None].expand(feats.shape[0], -1)
-        out = head(hidden[:, :n], embeds[:, 1 + k : 1 + k + n], ttt_mask(n0, k)
-                   .expand(feats.shape[0], -1, -1, -1), pos, cache)
-        outs.append(out)
-        hidden = out
-    return outs
-
-
 def overfit_eagle3(target, prompts: Sequence[Sequence[int]], max_new: int, steps: int = 150,
                    unroll: int = 3, seed: int = 0, lr: float = 1e-2) -> Eagle3Drafter:
     """An Eagle3Drafter over a reduced draft vocabulary, trained on the target's greedy
@@ -80,13 +52,15 @@ def overfit_eagle3(target, prompts: Sequence[Sequence[int]], max_new: int, steps
     feats = torch.stack([runner.prefill(row) for row in ids])  # [B, T, 4d]
     truth = torch.softmax(runner.logits(feats)[..., head.draft_vocab], dim=-1)  # [B, T, V']
     embeds = runner.embed(ids).float()  # [B, T, d]
+    d = embeds.shape[-1]
     head.train().requires_grad_(True)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
         loss = 0.0
-        for k, out in enumerate(ttt_outputs(head, feats, embeds, unroll)):
-            logp = torch.log_softmax(head.logits(out), dim=-1)
+        outputs = ttt_forward(head, aux_features(feats[:, :-1], d), embeds[:, 1:], unroll)
+        for k, out in enumerate(outputs):  # step k's rows t < T - 1 - k are the valid ones
+            logp = torch.log_softmax(head.logits(out[:, : out.shape[1] - k]), dim=-1)
             loss = loss - 0.8**k * (truth[:, 1 + k :] * logp).sum(-1).mean()
         loss.backward()
         optimizer.step()
