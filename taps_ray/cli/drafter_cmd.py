@@ -60,7 +60,8 @@ def _add_calibrate(actions: argparse._SubParsersAction) -> None:
     cal.add_argument("--max-new-tokens", type=int, default=96,
                      help="greedy continuation length per prompt (default 96)")
     cal.add_argument("--method", default="auto", help="auto (best held-out log-loss), "
-                                                      "temperature or isotonic")
+                     "temperature, isotonic or context (temperature x a trust factor of the "
+                     "head's hidden state: learns where the head is overconfident)")
     cal.add_argument("--seed", type=int, default=0, help="draw of the held-out prompts")
     cal.set_defaults(func=run_calibrate)
 

@@ -8,9 +8,14 @@ accepted, fitted on held-out replay (`taps_ray/evaluation/confidence.py`) and st
 drafter's taps.json under extra["confidence_calibration"]. At T = 0 exactly one root path is
 accepted, so the calibrated values of a tree's nodes sum to its expected accepted length.
 
-Two fits, both monotone so a surer node never scores lower:
+Three fits, all monotone in s so a surer node never scores lower:
 - temperature: p = exp(s / T) on the log-confidence s (one parameter, p(s=0) = 1);
-- isotonic: pool-adjacent-violators over s, linearly interpolated between block points.
+- isotonic: pool-adjacent-violators over s, linearly interpolated between block points;
+- context: p = exp(s / T) * sigmoid(b + w . h), where h is the head's own hidden state at the
+  newest committed token (the parent feature of its tree). A map of s alone cannot tell which
+  domain the text is in, and a specialist is overconfident outside its own (measured in
+  docs/results.md); the trust factor, fitted with the temperature, learns where the head's
+  confidence can be believed. One factor per tree: every node of it shares h.
 Fitting and scoring are pure functions over tensors.
 """
 
@@ -26,18 +31,21 @@ import torch
 from taps_ray.errors import TapsError
 
 META_KEY = "confidence_calibration"  # where the calibration lives in DrafterMeta.extra
-METHODS = ("identity", "temperature", "isotonic")
+METHODS = ("identity", "temperature", "isotonic", "context")
 _EPS = 1e-6  # probability clip of the losses (a p of exactly 0 or 1 would cost infinity)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A monotone map log-confidence s (<= 0) -> acceptance probability."""
+    """A map log-confidence s (<= 0) [, context h] -> acceptance probability, monotone in s."""
 
-    method: str = "identity"  # identity | temperature | isotonic
-    temperature: float = 1.0  # temperature: p = exp(s / temperature)
+    method: str = "identity"  # identity | temperature | isotonic | context
+    temperature: float = 1.0  # temperature, context: p = exp(s / temperature) [* trust]
     x: tuple[float, ...] = ()  # isotonic: log-confidence points, strictly increasing
     y: tuple[float, ...] = ()  # isotonic: probability at each point, non-decreasing
+    trust_weights: tuple[float, ...] = ()  # context: w, one per hidden unit of the head
+    trust_bias: float = 0.0  # context: b
+    trust_default: float = 1.0  # context: the trust where no h is known (its fit-data mean)
     fitted_on: dict = field(default_factory=dict, compare=False)  # data and held-out metrics
 
     def __post_init__(self) -> None:
@@ -49,20 +57,45 @@ class Calibration:
         if self.method == "isotonic" and not _valid_points(self.x, self.y):
             raise TapsError("isotonic calibration needs matching x (increasing) and y "
                             "(non-decreasing, in [0, 1]) lists of at least one point")
+        if self.method == "context":
+            if not self.temperature > 0 or not self.trust_weights:
+                raise TapsError("context calibration needs a temperature > 0 and one trust "
+                                "weight per hidden unit")
+            if not 0.0 < self.trust_default <= 1.0:
+                raise TapsError(f"context calibration trust_default must be in (0, 1], got "
+                                f"{self.trust_default}")
 
-    def apply(self, scores: torch.Tensor) -> torch.Tensor:  # [n] log-conf -> [n] probability
-        if self.method == "temperature":
-            return (scores / self.temperature).exp()
+    def apply(self, scores: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """[n] log-confidences -> [n] probabilities; `context` [d] is the head's hidden state
+        at the newest committed token (used by the context fit only)."""
+        if self.method in ("temperature", "context"):
+            return (scores / self.temperature).exp() * self.trust(context)
         if self.method == "isotonic":
             return _interp(scores, self.x, self.y)
         return scores.exp()
 
+    def trust(self, context: torch.Tensor | None) -> torch.Tensor | float:
+        """sigmoid(b + w . h) for h [..., d] -> [...]; 1 for fits without a context term."""
+        if self.method != "context":
+            return 1.0
+        if context is None:
+            return self.trust_default
+        if context.shape[-1] != len(self.trust_weights):
+            raise TapsError(f"context calibration has {len(self.trust_weights)} trust weights "
+                            f"but the head's hidden state has {context.shape[-1]} units; rerun "
+                            "taps-ray drafter calibrate on this drafter")
+        w = torch.tensor(self.trust_weights, dtype=torch.float64, device=context.device)
+        return torch.sigmoid(context.double() @ w + self.trust_bias)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method}
-        if self.method == "temperature":
+        if self.method in ("temperature", "context"):
             out["temperature"] = self.temperature
         if self.method == "isotonic":
             out["x"], out["y"] = list(self.x), list(self.y)
+        if self.method == "context":
+            out.update(trust_weights=list(self.trust_weights), trust_bias=self.trust_bias,
+                       trust_default=self.trust_default)
         return {**out, "fitted_on": self.fitted_on}
 
     @classmethod
@@ -75,6 +108,9 @@ class Calibration:
                        temperature=float(raw.get("temperature", 1.0)),
                        x=tuple(float(v) for v in raw.get("x", ())),
                        y=tuple(float(v) for v in raw.get("y", ())),
+                       trust_weights=tuple(float(v) for v in raw.get("trust_weights", ())),
+                       trust_bias=float(raw.get("trust_bias", 0.0)),
+                       trust_default=float(raw.get("trust_default", 1.0)),
                        fitted_on=dict(raw.get("fitted_on") or {}))
         except (TypeError, ValueError) as err:
             raise TapsError(f"drafter {META_KEY} is damaged ({err}); rerun taps-ray drafter "
@@ -89,6 +125,12 @@ def calibration_of(meta: object) -> Calibration:
     extra = getattr(meta, "extra", None) or {}
     raw = extra.get(META_KEY)
     return IDENTITY if raw is None else Calibration.from_dict(raw)
+
+
+def session_context(session: object) -> torch.Tensor | None:
+    """The head's hidden state at the newest committed token ([d]; None for sessions without
+    one, e.g. prompt lookup): what a context calibration conditions on. Read after `draft`."""
+    return getattr(session, "last_hidden", None)
 
 
 def session_calibration(session: object) -> Calibration:
@@ -226,12 +268,56 @@ def _dedupe(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]
     return out_x, out_y
 
 
+def fit_context(scores: torch.Tensor, accepted: torch.Tensor, contexts: torch.Tensor,
+                tree_of: torch.Tensor, l2: float = 1e-2) -> Calibration:
+    """Temperature and trust factor by maximum likelihood: p = exp(s / T) * sigmoid(b + w . h).
+
+    scores, accepted [n] per node; contexts [trees, d] the head's hidden state per tree;
+    tree_of [n] each node's tree. h is standardized on these data for the fit (ridge penalty
+    `l2` on the standardized w, so no unit dominates by its scale) and the map is folded back
+    to raw h for storage. L-BFGS on the mean node log-loss, in float64.
+    """
+    h = contexts.double()
+    mu, sd = h.mean(0), h.std(0).clamp_min(1e-6)
+    z = (h - mu) / sd
+    s, a, idx = scores.double(), accepted.double(), tree_of.long()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias, w], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+    top = math.log1p(-_EPS)
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        logp = (s / log_t.exp() + torch.nn.functional.logsigmoid(z @ w + bias)[idx]).clamp(
+            max=top)
+        nll = -(a * logp + (1 - a) * torch.log1p(-logp.exp())).mean()
+        total = nll + l2 * (w * w).sum() / z.shape[1]
+        total.backward()
+        return total
+
+    opt.step(loss)
+    log_t, bias, w = log_t.detach(), bias.detach(), w.detach()
+    with torch.no_grad():
+        raw_w = w / sd
+        raw_b = bias - (raw_w * mu).sum()
+        default = float(torch.sigmoid(h @ raw_w + raw_b).mean())
+    return Calibration("context", temperature=round(float(log_t.exp()), 6),
+                       trust_weights=tuple(float(f"{float(v):.6g}") for v in raw_w),
+                       trust_bias=round(float(raw_b), 6),
+                       trust_default=round(min(max(default, _EPS), 1.0), 6))
+
+
 def fit(method: str, scores: torch.Tensor, accepted: torch.Tensor) -> Calibration:
-    """One fit by name (identity fits nothing)."""
+    """One fit of log-confidences alone by name (identity fits nothing; the context fit needs
+    the trees' hidden states: `fit_context`)."""
     if method == "temperature":
         return fit_temperature(scores, accepted)
     if method == "isotonic":
         return fit_isotonic(scores, accepted)
     if method == "identity":
         return IDENTITY
+    if method == "context":
+        raise TapsError("the context calibration is fitted from the trees' hidden states; "
+                        "use fit_context (taps-ray drafter calibrate collects them)")
     raise TapsError(f"calibration method '{method}' is unknown; use one of {', '.join(METHODS)}")

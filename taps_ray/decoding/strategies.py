@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from taps_ray.config.schema import TreeConfig
-from taps_ray.decoding.calibration import Calibration, session_calibration
+from taps_ray.decoding.calibration import Calibration, session_calibration, session_context
 from taps_ray.decoding.proposer import Session, draft_many
 from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
@@ -116,13 +116,16 @@ class Average(Single):
         return [average_drafters(drafters, weights)]
 
 
-def tree_confidence(tree: DraftTree, calibration: Calibration | None = None) -> float:
+def tree_confidence(tree: DraftTree, calibration: Calibration | None = None,
+                    context: torch.Tensor | None = None) -> float:
     """Mean node confidence, confidence = exp(cumulative draft log-prob); with a `calibration`
-    each node's confidence is first mapped to its drafter's acceptance probability."""
+    each node's confidence is first mapped to its drafter's acceptance probability (`context`:
+    the drafter's hidden state at the tree's root, for context calibrations)."""
     if not tree.size:
         return 0.0
-    probs = tree.scores.exp() if calibration is None else calibration.apply(tree.scores)
-    return float(probs.mean())
+    if calibration is None:
+        return float(tree.scores.exp().mean())
+    return float(calibration.apply(tree.scores, context).mean())
 
 
 def tree_entropy(tree: DraftTree) -> float:
@@ -183,7 +186,7 @@ class RouteConfidence(_Router):
         known = self.calibrations.get(id(session))
         if known is None or known[0] is not session:  # parsed once per prompt and session
             known = self.calibrations[id(session)] = (session, session_calibration(session))
-        return tree_confidence(tree, known[1])
+        return tree_confidence(tree, known[1], session_context(session))
 
 
 @register("route-entropy")

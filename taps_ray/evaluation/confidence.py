@@ -7,8 +7,9 @@ The target's greedy continuation of each prompt is generated once (cached, as fo
 every position of it the drafter drafts its tree from the teacher-forced features, as replay
 does, and every node gives one pair (log-confidence, accepted?): accepted = on the root path
 that matches the continuation. Whole trees (not only the nodes the verifier reached) are used
-because routing averages over whole trees. Half the prompts (per source) fit, the other half
-score; the fit with the lowest held-out log-loss is stored (see decoding/calibration.py).
+because routing averages over whole trees. Each tree also records the head's hidden state at
+its root (what the context fit conditions on). Half the prompts (per source) fit, the other
+half score; the fit with the lowest held-out log-loss is stored (see decoding/calibration.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from taps_ray.evaluation.replay import (
 
 SOURCES = ("mathinstruct", "sharegpt")  # the training domains of math and chat specialists
 MAX_PROMPT_CHARS = 2000  # longer first turns (pasted documents) are skipped: prefill cost
-METHODS = ("auto", "temperature", "isotonic")
+METHODS = ("auto", "temperature", "isotonic", "context")
+CONTEXT_L2 = (1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths tried for the context fit
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Pairs:
     source: str
     scores: torch.Tensor  # [n] cumulative draft log-prob
     accepted: torch.Tensor  # [n] 1.0 if the node is on the accepted root path
+    contexts: torch.Tensor | None = None  # [trees, d] the head's hidden state at each root
+    tree_of: torch.Tensor | None = None  # [n] the tree of each node
 
 
 def training_ids(meta: object) -> set[str] | None:
@@ -109,18 +113,23 @@ def node_pairs(session: DrafterSession, item: ReplayPrompt, features: torch.Tens
     known = KnownTrees(session, features, seq)
     known.reset(int(seq[0]))
     known.extend(features[:start], seq[1 : start + 1])
-    scores, labels = [], []
+    scores, labels, contexts, tree_of = [], [], [], []
     for done in range(1, len(cont) - tree.depth):
         drafted = known.draft(tree)
         label = torch.zeros(drafted.size)
         label[accepted_path(drafted, cont[done:])] = 1.0
         scores.append(drafted.scores.detach().double().cpu())
         labels.append(label.double())
+        contexts.append(known.last_hidden.detach().double().cpu())
+        tree_of.append(torch.full((drafted.size,), len(contexts) - 1, dtype=torch.long))
         pos = start + done - 1
         known.extend(features[pos : pos + 1], seq[pos + 1 : pos + 2])
-    empty = torch.zeros(0, dtype=torch.float64)
-    return Pairs(item.benchmark, torch.cat(scores) if scores else empty,
-                 torch.cat(labels) if labels else empty)
+    if not scores:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return Pairs(item.benchmark, empty, empty, torch.zeros(0, session.hidden_size,
+                     dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    return Pairs(item.benchmark, torch.cat(scores), torch.cat(labels), torch.stack(contexts),
+                 torch.cat(tree_of))
 
 
 def collect(target, drafter, prompts: Sequence[ReplayPrompt], tree: TreeConfig) -> list[Pairs]:
@@ -146,9 +155,50 @@ def _cat(pairs: Sequence[Pairs]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p.scores for p in pairs]), torch.cat([p.accepted for p in pairs])
 
 
+def _cat_contexts(pairs: Sequence[Pairs]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(contexts [trees, d], tree_of [n]) over several prompts; None if any prompt lacks them."""
+    if any(p.contexts is None or p.tree_of is None for p in pairs):
+        return None
+    offsets, seen = [], 0
+    for p in pairs:
+        offsets.append(p.tree_of + seen)
+        seen += p.contexts.shape[0]
+    return torch.cat([p.contexts for p in pairs]), torch.cat(offsets)
+
+
+def predict(calibration: cal.Calibration, pairs: Sequence[Pairs]) -> torch.Tensor:
+    """Calibrated acceptance probability of every node of `pairs` [n]."""
+    s, _ = _cat(pairs)
+    if calibration.method != "context":
+        return calibration.apply(s)
+    contexts, tree_of = _cat_contexts(pairs)
+    return calibration.apply(s) * calibration.trust(contexts)[tree_of]
+
+
+def fit_context(pairs: Sequence[Pairs]) -> cal.Calibration:
+    """The context fit, its ridge strength chosen on alternate prompts of `pairs` (so the
+    held-out half that picks the method never picks the strength), refitted on all of them."""
+    inner_fit, inner_held = split(pairs)
+
+    def fitted(part: Sequence[Pairs], l2: float) -> cal.Calibration:
+        s, a = _cat(part)
+        contexts, tree_of = _cat_contexts(part)
+        return cal.fit_context(s, a, contexts, tree_of, l2)
+
+    if not inner_held:  # one prompt per source: nothing to choose on, the strongest ridge
+        losses, best = {}, max(CONTEXT_L2)
+    else:
+        losses = {l2: scores_of(fitted(inner_fit, l2), inner_held)["log_loss"]
+                  for l2 in CONTEXT_L2}
+        best = min(CONTEXT_L2, key=lambda l2: (losses[l2], -l2))  # ties: the stronger ridge
+    chosen = fitted(pairs, best)
+    return cal.Calibration(**{**_fields(chosen), "fitted_on": {
+        "l2": best, "l2_inner_log_loss": {str(k): v for k, v in losses.items()}}})
+
+
 def scores_of(calibration: cal.Calibration, pairs: Sequence[Pairs]) -> dict[str, float]:
-    s, a = _cat(pairs)
-    p = calibration.apply(s)
+    _, a = _cat(pairs)
+    p = predict(calibration, pairs)
     return {"log_loss": round(cal.log_loss(p, a), 5), "brier": round(cal.brier(p, a), 5),
             "mean_predicted": round(float(p.mean()), 5), "accept_rate": round(float(a.mean()), 5)}
 
@@ -163,20 +213,32 @@ def fit_calibration(pairs: Sequence[Pairs], method: str = "auto") -> cal.Calibra
     if not held or not s.numel() or not _cat(held)[0].numel():
         raise TapsError("too few calibration pairs to fit and score; raise --prompts or "
                         "--max-new-tokens")
-    names = ("temperature", "isotonic") if method == "auto" else (method,)
-    fits = {name: cal.fit(name, s, a) for name in names}
+    has_context = _cat_contexts(pairs) is not None
+    if method == "context" and not has_context:
+        raise TapsError("--method context needs the heads' hidden states, which these pairs "
+                        "lack; collect them with confidence.collect")
+    if method == "auto":
+        names = ("temperature", "isotonic", "context") if has_context else ("temperature",
+                                                                             "isotonic")
+    else:
+        names = (method,)
+    fits = {name: fit_context(fit_part) if name == "context" else cal.fit(name, s, a)
+            for name in names}
     metrics = {"identity": scores_of(cal.IDENTITY, held)}
     metrics.update({name: scores_of(c, held) for name, c in fits.items()})
     best = min(names, key=lambda n: (metrics[n]["log_loss"], metrics[n]["brier"]))
     return cal.Calibration(**{**_fields(fits[best]), "fitted_on": {
-        "heldout": metrics, "chosen_by": "held-out log-loss" if method == "auto" else "--method",
+        **fits[best].fitted_on, "heldout": metrics,
+        "chosen_by": "held-out log-loss" if method == "auto" else "--method",
         "pairs": {"fit": int(s.numel()), "heldout": int(_cat(held)[0].numel())},
         "prompts": {"fit": len(fit_part), "heldout": len(held)},
     }})
 
 
 def _fields(c: cal.Calibration) -> dict:
-    return {"method": c.method, "temperature": c.temperature, "x": c.x, "y": c.y}
+    return {"method": c.method, "temperature": c.temperature, "x": c.x, "y": c.y,
+            "trust_weights": c.trust_weights, "trust_bias": c.trust_bias,
+            "trust_default": c.trust_default}
 
 
 def describe_data(prompts: Sequence[ReplayPrompt], tree: TreeConfig, max_new_tokens: int,

@@ -205,6 +205,14 @@ class KnownTrees:
         what strategies read from any session)."""
         return self.session.drafter
 
+    @property
+    def last_hidden(self) -> torch.Tensor | None:
+        """The head's output at the newest committed pair (as `DrafterSession.last_hidden`:
+        what a context calibration reads after `draft`)."""
+        if self.hidden is None or self.length < 1:
+            return None
+        return self.hidden[self.length - 1]
+
     def reset(self, first_token: int | None = None) -> None:
         self.length = 0
 

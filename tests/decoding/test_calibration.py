@@ -62,10 +62,48 @@ def test_isotonic_handles_ties_and_a_single_value():
     assert fitted.apply(torch.tensor([-5.0, 0.0])).tolist() == [0.25, 0.25]
 
 
+def two_domains(trees: int = 3000, nodes: int = 10, d: int = 8, seed: int = 0):
+    """A head whose confidence is honest in one domain and 4.5x too high in the other; the
+    domain shows only in its hidden state (unit 0 shifted by +-3, the rest noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    domain = torch.arange(trees) % 2  # 0: own domain, 1: the other one
+    h = torch.randn(trees, d, generator=gen, dtype=torch.float64)
+    h[:, 0] += 6.0 * domain - 3.0
+    tree_of = torch.arange(trees).repeat_interleave(nodes)
+    s = -torch.rand(trees * nodes, generator=gen, dtype=torch.float64) * 4
+    trust = torch.tensor([0.9, 0.2], dtype=torch.float64)[domain][tree_of]
+    accepted = (torch.rand(s.numel(), generator=gen, dtype=torch.float64)
+                < s.exp() * trust).double()
+    return s, accepted, h, tree_of, domain
+
+
+def test_context_fit_learns_where_a_head_is_overconfident():
+    s, a, h, tree_of, domain = two_domains()
+    fitted = cal.fit_context(s, a, h, tree_of, l2=1e-3)
+    trust = fitted.trust(h)
+    assert float(trust[domain == 0].mean()) == pytest.approx(0.9, abs=0.08)
+    assert float(trust[domain == 1].mean()) == pytest.approx(0.2, abs=0.08)
+    assert fitted.temperature == pytest.approx(1.0, rel=0.15)
+    p = fitted.apply(s) * trust[tree_of]
+    flat = cal.fit_temperature(s, a)
+    assert cal.log_loss(p, a) < cal.log_loss(flat.apply(s), a) - 0.01
+    # monotone in s for a fixed context; no context -> the mean trust of the fit data
+    grid = torch.linspace(-4, 0, 9, dtype=torch.float64)
+    one = fitted.apply(grid, h[0])
+    assert bool((one[1:] >= one[:-1]).all()) and float(one.max()) <= 1.0
+    assert fitted.trust(None) == pytest.approx(float(trust.mean()), abs=1e-5)
+    with pytest.raises(TapsError, match="8 trust weights.*3 units"):
+        fitted.apply(grid, torch.zeros(3))
+    with pytest.raises(TapsError, match="fit_context"):
+        cal.fit("context", s, a)
+
+
 def test_calibration_round_trips_through_a_dict():
+    context = cal.Calibration("context", temperature=0.9, trust_weights=(0.5, -1.25, 1e-7),
+                              trust_bias=0.3, trust_default=0.6, fitted_on={"l2": 0.01})
     for c in (cal.Calibration("temperature", temperature=1.7, fitted_on={"n": 3}),
               cal.Calibration("isotonic", x=(-3.0, -1.0, 0.0), y=(0.0, 0.2, 0.9)),
-              cal.IDENTITY):
+              context, cal.IDENTITY):
         again = cal.Calibration.from_dict(c.to_dict())
         assert again == c and again.fitted_on == c.fitted_on
     iso = cal.Calibration("isotonic", x=(-3.0, -1.0), y=(0.1, 0.5))
@@ -79,6 +117,8 @@ def test_calibration_round_trips_through_a_dict():
     {"method": "isotonic", "x": [0.0, -1.0], "y": [0.1, 0.2]},
     {"method": "isotonic", "x": [-1.0, 0.0], "y": [0.5, 0.2]},
     {"method": "isotonic", "x": ["a"], "y": [0.5]},
+    {"method": "context", "temperature": 1.0},
+    {"method": "context", "trust_weights": [0.1], "trust_default": 0.0},
     [1, 2],
 ])
 def test_damaged_calibrations_are_one_sentence(raw):
@@ -132,6 +172,34 @@ def test_calibrated_routing_in_replay_equals_live_and_stays_lossless():
     walked = replay(engine.sessions, strategy, item, feats, TREE)  # KnownTrees sessions
     assert walked.routes == [s.route for s in live.steps]
     assert set(walked.routes) == {1}  # every tree of head 0 scores <= 0.1, head 1's 0.5
+
+
+def test_context_calibrated_routing_in_replay_equals_live_and_stays_lossless():
+    """Each head trusts itself where unit 0 of its hidden state is positive (and distrusts
+    itself elsewhere): routing follows the hidden states, the same in replay as live."""
+    target = tiny_target("llama")
+    drafters = [untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)]
+    d = target.model.config.hidden_size
+    for sign, drafter in zip((1.0, -1.0), drafters, strict=True):
+        weights = (sign * 40.0,) + (0.0,) * (d - 1)
+        calibrated(drafter, cal.Calibration("context", temperature=1.0, trust_weights=weights,
+                                            trust_default=0.5))
+    prompt = torch.randint(0, 32, (8,), generator=torch.Generator().manual_seed(3)).tolist()
+    greedy = SamplingParams()
+    plain = generate_plain(target, prompt, greedy, 32, stop_token_ids=set()).tokens
+    engine = SpeculativeEngine(target, drafters, TREE, "route-confidence")
+    live = engine.generate(prompt, greedy, 32, stop_token_ids=set())
+    assert live.tokens == plain
+    routes = [s.route for s in live.steps]
+    assert set(routes) == {0, 1}
+    raw = [untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)]
+    uncalibrated = SpeculativeEngine(target, raw, TREE, "route-confidence").generate(
+        prompt, greedy, 32, stop_token_ids=set())
+    assert [s.route for s in uncalibrated.steps] != routes  # the hidden states decided
+    item = ReplayPrompt("toy", "p", 0, prompt, plain)
+    feats = teacher_features(engine.runner, item)
+    walked = replay(engine.sessions, make_strategy("route-confidence", 2), item, feats, TREE)
+    assert walked.routes == routes
 
 
 def test_known_trees_expose_their_drafter_and_uncalibrated_heads_are_identity():

@@ -80,6 +80,17 @@ def test_node_pairs_label_every_node_of_every_tree_by_the_matched_path():
     assert pairs.scores.numel() == pairs.accepted.numel() == sizes
     assert int(pairs.accepted.sum()) == matched
     assert bool((pairs.scores <= 0).all())
+    # one context per tree: the head's hidden state at the root, as a live session holds it
+    trees = len(item.continuation) - TREE.depth - 1
+    assert pairs.contexts.shape == (trees, target.model.config.hidden_size)
+    assert pairs.tree_of.tolist() == sorted(pairs.tree_of.tolist())
+    assert int(pairs.tree_of.max()) == trees - 1
+    live = make_session(drafter, runner.embed, runner.lm_head.weight)
+    live.reset(item.prompt_ids[0])
+    live.extend(feats[: start + 2], seq[1 : start + 3])  # committed: prompt + 2 tokens
+    live.draft(TREE)
+    torch.testing.assert_close(pairs.contexts[2].float(), live.last_hidden.float(),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_fit_is_scored_on_the_other_half_and_stored_with_its_data(tmp_path):
@@ -91,11 +102,13 @@ def test_fit_is_scored_on_the_other_half_and_stored_with_its_data(tmp_path):
     assert [p.source for p in fit_part] == ["mathinstruct", "sharegpt"]
     assert [p.source for p in held] == ["mathinstruct", "sharegpt"]
     fitted = confidence.fit_calibration(pairs, "auto")
-    assert fitted.method in ("temperature", "isotonic")
+    fits = ("temperature", "isotonic", "context")
     held_out = fitted.fitted_on["heldout"]
-    assert set(held_out) == {"identity", "temperature", "isotonic"}
-    assert held_out[fitted.method]["log_loss"] == min(
-        held_out[m]["log_loss"] for m in ("temperature", "isotonic"))
+    assert set(held_out) == {"identity", *fits}
+    assert held_out[fitted.method]["log_loss"] == min(held_out[m]["log_loss"] for m in fits)
+    context = confidence.fit_calibration(pairs, "context")
+    assert context.fitted_on["l2"] in confidence.CONTEXT_L2
+    assert len(context.trust_weights) == target.model.config.hidden_size
     weights = (folder / WEIGHTS_FILE).read_bytes()
     confidence.write_calibration(folder, fitted)
     assert (folder / WEIGHTS_FILE).read_bytes() == weights  # only taps.json is rewritten
@@ -105,6 +118,10 @@ def test_fit_is_scored_on_the_other_half_and_stored_with_its_data(tmp_path):
     assert cal.calibration_of(again.meta) == fitted
     assert again.meta.extra[cal.META_KEY]["fitted_on"]["pairs"] == fitted.fitted_on["pairs"]
     assert confidence.fit_calibration(pairs, "temperature").method == "temperature"
+    bare = [confidence.Pairs(p.source, p.scores, p.accepted) for p in pairs]
+    assert confidence.fit_calibration(bare, "auto").method in ("temperature", "isotonic")
+    with pytest.raises(TapsError, match="hidden states"):
+        confidence.fit_calibration(bare, "context")
     with pytest.raises(TapsError, match="--method"):
         confidence.fit_calibration(pairs, "platt")
     with pytest.raises(TapsError, match="too few"):
