@@ -92,6 +92,8 @@ class TrainingConfig:
     align_steps: int = 3  # HASS: context-alignment steps J; EAGLE-3: training-time-test steps
     seed: int = 0
     feature_dtype: Literal["fp32", "fp16"] = "fp16"  # storage type of cached target features
+    holdout: float = 0.0  # share of conversations kept out of training for a validation loss
+    patience: int = 0  # stop after this many epochs without a lower validation loss (0: never)
 
     def __post_init__(self) -> None:
         _positive("training.batch_size", self.batch_size)

@@ -19,6 +19,7 @@ from taps_ray.errors import TapsError
 from taps_ray.models.drafter import WEIGHTS_FILE, DrafterMeta, EagleDrafter, save_drafter
 
 STATE_FILE = "trainer_state.pt"
+BEST_DIR = "best"  # <out>/checkpoints/best: the weights of the lowest validation loss
 
 
 @dataclass
@@ -31,6 +32,9 @@ class TrainState:
     tokens: int = 0  # drafter pairs trained on so far
     seconds: float = 0.0  # training wall time so far (excludes hooks and checkpoints)
     epoch_metrics: list[dict] = field(default_factory=list)  # what on_epoch_end returned
+    best_val_loss: float | None = None  # lowest validation loss so far (training.holdout > 0)
+    best_epoch: int | None = None  # the epoch that reached it: its weights are checkpoints/best
+    epochs_without_gain: int = 0  # epochs since then (training.patience stops at that many)
 
 
 def save_checkpoint(
@@ -62,6 +66,15 @@ def save_checkpoint(
     return last
 
 
+def publish_weights(drafter: EagleDrafter, meta: DrafterMeta, dest: Path) -> None:
+    """Save `drafter` as a loadable folder at `dest` via `<dest>.staging` (whole or absent)."""
+    staging = dest.with_name(dest.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_drafter(drafter, staging, meta)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+
+
 def publish_folder(source: Path, dest: Path) -> None:
     """Copy a finished drafter folder to `dest` via `<dest>.staging`: `dest` is whole or absent."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +103,7 @@ def load_checkpoint(
     """Restore weights, optimizer, scheduler and position; damaged or foreign -> TapsError."""
     payload = _load_payload(path)
     _check_run_key(path, payload.get("run_key", {}), run_key)  # settings first: clearer error
-    _load_weights(path, drafter)
+    load_weights(path, drafter)
     try:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -99,7 +112,8 @@ def load_checkpoint(
         raise _damaged(path / STATE_FILE, err) from None
 
 
-def _load_weights(path: Path, drafter: EagleDrafter) -> None:
+def load_weights(path: Path, drafter: EagleDrafter) -> None:
+    """The weights of the drafter folder `path` into `drafter` (damaged -> TapsError)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import shutil
 import time
 from collections import deque
@@ -27,9 +28,12 @@ from taps_ray.models.eagle3 import Eagle3Drafter
 from taps_ray.training.alignment import aligned_passes
 from taps_ray.training.batching import PairBatch, batches_per_epoch, collate_pairs, epoch_batches
 from taps_ray.training.checkpoint import (
+    BEST_DIR,
     TrainState,
     latest_checkpoint,
     load_checkpoint,
+    load_weights,
+    publish_weights,
     save_checkpoint,
 )
 from taps_ray.training.eagle3 import target_probs, ttt_forward, ttt_losses
@@ -96,6 +100,7 @@ class DrafterTrainer:
         if not self.indices:
             raise TapsError("every training conversation is shorter than 3 tokens; raise "
                             "data.max_length")
+        self.indices, self.val_indices = holdout_split(self.indices, cfg.holdout, cfg.seed)
         per_epoch = batches_per_epoch(len(self.indices), cfg.batch_size)
         self.total_steps = min(cfg.max_steps or 10**18, cfg.epochs * per_epoch)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG left untouched
@@ -146,6 +151,8 @@ class DrafterTrainer:
                    desc=f"train {self.method}", disable=not progress)
         try:
             while self.state.step < self.total_steps and self.state.epoch < self.cfg.epochs:
+                if self._stalled():
+                    break
                 if self._run_epoch(log, bar, checkpoint_every, stop_after):
                     self._checkpoint()
                     return TrainResult(self.drafter.eval(), None, self.state, self._summary())
@@ -203,10 +210,45 @@ class DrafterTrainer:
                 "lr": lr, "grad_norm": float(grad_norm), "tokens": batch.tokens,
                 "tokens_per_s": batch.tokens / seconds}
 
-    def _forward_backward(self, batch: PairBatch) -> dict[str, float]:
-        """All passes of one batch; gradients accumulate, parts are summed over passes."""
+    def _stalled(self) -> bool:
+        """training.patience epochs have passed without a lower validation loss."""
+        patience = self.cfg.patience
+        return bool(patience) and self.state.epochs_without_gain >= patience
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """The method's losses on the held-out conversations (token-weighted means)."""
+        self.drafter.eval()
+        sums: dict[str, float] = {}
+        tokens = 0
+        final = self.source.hidden_size if self.method == "eagle3" else None
+        for indices in epoch_batches(self.val_indices, self.lengths, self.cfg.batch_size,
+                                     self.cfg.seed, 0):
+            batch = collate_pairs(self.source.fetch(indices), final).to(self.device)
+            n = int(batch.loss_mask.sum())
+            parts = self._forward_backward(batch, backward=False)
+            for key in ("loss", "acc"):
+                sums[key] = sums.get(key, 0.0) + parts[key] * n
+            tokens += n
+        self.drafter.train()
+        return {f"val_{k}": round(v / max(tokens, 1), 5) for k, v in sums.items()}
+
+    def _watch(self, metrics: dict) -> None:
+        """Track the best validation loss; its weights go to checkpoints/best."""
+        loss, state = metrics["val_loss"], self.state
+        if state.best_val_loss is None or loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch, state.epochs_without_gain = loss, \
+                state.epoch - 1, 0
+            publish_weights(self.drafter, self._final_meta(), self.out_dir / "checkpoints" /
+                            BEST_DIR)
+        else:
+            state.epochs_without_gain += 1
+
+    def _forward_backward(self, batch: PairBatch, backward: bool = True) -> dict[str, float]:
+        """All passes of one batch; gradients accumulate, parts are summed over passes
+        (`backward=False`: the losses only, under no_grad, for validation)."""
         if self.method == "eagle3":
-            return self._ttt_forward_backward(batch)
+            return self._ttt_forward_backward(batch, backward)
         sel = batch.loss_mask  # [B, P]
         topk = self.weights.topk if self.weights.w_topk else 0
         target = target_side(batch.target_features[sel], self.head, topk)
@@ -216,20 +258,22 @@ class DrafterTrainer:
         for j, pred in enumerate(passes):  # pred [B, P, d]
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 parts = drafter_losses(pred[sel], target, self.head, self.weights)
-            parts["loss"].backward()
+            if backward:
+                parts["loss"].backward()
             for key in _SUMMED:
                 totals[key] += float(parts[key].detach())
             totals["acc" if j == 0 else "acc_aligned"] = float(parts["acc"])
         return totals
 
-    def _ttt_forward_backward(self, batch: PairBatch) -> dict[str, float]:
+    def _ttt_forward_backward(self, batch: PairBatch, backward: bool = True) -> dict[str, float]:
         """EAGLE-3: J unrolled steps, one backward; row keys loss, ce/acc (step 0), ce_k/acc_k."""
         probs = target_probs(batch.target_features[batch.loss_mask], self.head)  # [N, V']
         embeds = self.embed(batch.next_ids).float()  # [B, P, d], frozen
         outputs = ttt_forward(self.drafter, batch.features, embeds, self.passes, self.autocast)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             parts = ttt_losses(self.drafter, outputs, probs, batch.loss_mask)
-        parts["loss"].backward()
+        if backward:
+            parts["loss"].backward()
         return {key.removesuffix("_0"): float(v.detach()) for key, v in parts.items()}
 
     def _end_epoch(self, log: TrainLog, on_epoch_end: EpochHook | None) -> None:
@@ -237,10 +281,13 @@ class DrafterTrainer:
         hook; its metrics are logged and land in the next checkpoint."""
         epoch = self.state.epoch
         self.state.epoch, self.state.batch = epoch + 1, 0
-        self._checkpoint()
         metrics = {}
+        if self.val_indices:
+            metrics = self._validate()
+            self._watch(metrics)
+        self._checkpoint()
         if on_epoch_end is not None:
-            metrics = dict(on_epoch_end(epoch, self._eval_copy()) or {})
+            metrics.update(on_epoch_end(epoch, self._eval_copy()) or {})
         row = {"event": "epoch", "step": self.state.step, "epoch": epoch, **metrics}
         self.state.epoch_metrics.append(row)
         log.write(row)
@@ -262,6 +309,8 @@ class DrafterTrainer:
                         self.optimizer, self.scheduler, self.state, self.run_key)
 
     def _finish(self) -> TrainResult:
+        if self.state.best_epoch is not None:  # the epoch with the lowest validation loss
+            load_weights(self.out_dir / "checkpoints" / BEST_DIR, self.drafter)
         path = save_drafter(self.drafter, self.out_dir / "drafter", self._final_meta())
         self._plot()
         self.drafter.eval().requires_grad_(False)
@@ -287,7 +336,32 @@ class DrafterTrainer:
             "final_acc": sum(r["acc"] for r in last) / len(last) if last else None,
             "epoch_metrics": list(self.state.epoch_metrics),
             "config": asdict(self.cfg),
+            **self._validation_summary(),
         }
+
+    def _validation_summary(self) -> dict:
+        if not self.val_indices:
+            return {}
+        state = self.state
+        return {"validation": {
+            "conversations": len(self.val_indices),
+            "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+            "stopped_early": state.epoch < self.cfg.epochs and self._stalled(),
+            "weights": "best epoch" if state.best_epoch is not None else "last",
+        }}
+
+
+def holdout_split(indices: list[int], share: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) conversations: a seeded `share` of them held out (at least one
+    when share > 0; training keeps at least one)."""
+    if share <= 0:
+        return indices, []
+    n = min(max(1, round(share * len(indices))), len(indices) - 1)
+    if n < 1:
+        raise TapsError("training.holdout needs at least 2 conversations; lower it to 0 or "
+                        "add data")
+    held = set(random.Random(f"holdout/{seed}").sample(indices, n))
+    return [i for i in indices if i not in held], sorted(held)
 
 
 def check_recipe(cfg, method: str, target) -> None:
@@ -307,6 +381,12 @@ def check_recipe(cfg, method: str, target) -> None:
         raise TapsError(f"training.warmup_ratio must be in [0, 1) (got {cfg.warmup_ratio})")
     if cfg.grad_clip <= 0:
         raise TapsError(f"training.grad_clip must be > 0 (got {cfg.grad_clip})")
+    if not 0 <= cfg.holdout < 0.5:
+        raise TapsError(f"training.holdout must be in [0, 0.5) (got {cfg.holdout}); 0.05 keeps "
+                        "5 % of the conversations for the validation loss")
+    if cfg.patience < 0 or (cfg.patience and not cfg.holdout):
+        raise TapsError(f"training.patience {cfg.patience} needs a validation loss: set "
+                        "training.holdout (e.g. 0.05), or patience 0 to run every epoch")
     decoder_config(target.model.config)  # an unsupported target family fails here, clearly
 
 

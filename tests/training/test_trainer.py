@@ -135,3 +135,71 @@ def test_default_drafter_names():
     assert default_drafter_name(DataConfig(mixture="chat=1.0"), "hass") == "chat-hass"
     mixed = DataConfig(mixture="math=0.5,chat=0.5", total=70000)
     assert default_drafter_name(mixed, "hass") == "mix35k-hass"
+
+
+def val_rows(out_dir) -> list[dict]:
+    return [r for r in read_log(out_dir / "train_log.jsonl") if r["event"] == "epoch"]
+
+
+def test_patience_stops_when_the_validation_loss_stops_falling(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    # lr ~0: the validation loss never moves, so epoch 0 stays best and 2 epochs without gain
+    # end the run at epoch 3 of 10
+    cfg = fast_config(max_steps=0, epochs=10, lr=1e-12, holdout=0.25, patience=2)
+    result = train_drafter(target, cache, cfg, tmp_path / "run", progress=False)
+    epochs = val_rows(tmp_path / "run")
+    assert len(epochs) == 3 and all("val_loss" in r and "val_acc" in r for r in epochs)
+    summary = result.summary["validation"]
+    assert summary["best_epoch"] == 0 and summary["stopped_early"] is True
+    assert summary["conversations"] == round(0.25 * len(examples))
+    assert result.state.epoch == 3 and result.summary["epochs_done"] == 3
+    saved = json.loads((tmp_path / "run" / "drafter" / "taps.json").read_text())
+    assert saved["extra"]["training"]["validation"]["best_epoch"] == 0
+
+
+def weights(folder) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_saved_drafter_is_the_best_validation_epoch(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    # lr 0.3 on this data: the validation loss falls, then rises at epoch 2, which stops it
+    cfg = fast_config(max_steps=0, epochs=4, lr=0.3, holdout=0.25, patience=1)
+    result = train_drafter(target, cache, cfg, tmp_path / "run", progress=False)
+    losses = [r["val_loss"] for r in val_rows(tmp_path / "run")]
+    best = min(range(len(losses)), key=lambda e: (losses[e], e))
+    assert losses[best] < losses[0] and best < len(losses) - 1, losses
+    assert result.summary["validation"]["best_epoch"] == best
+    assert result.summary["validation"]["stopped_early"] is True
+    run = tmp_path / "run"
+    final = weights(run / "drafter")
+    assert same(final, weights(run / "checkpoints" / "best"))
+    assert not same(final, weights(run / "checkpoints" / "last"))  # not the last epoch's
+
+
+def test_early_stopping_resumes_exactly(target, examples, tmp_path):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    cfg = fast_config(max_steps=0, epochs=3, holdout=0.25, patience=1)
+    straight = train_drafter(target, cache, cfg, tmp_path / "a", progress=False)
+    train_drafter(target, cache, cfg, tmp_path / "b", stop_after=4, progress=False)
+    resumed = train_drafter(target, cache, cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.summary["validation"] == straight.summary["validation"]
+    for name, value in straight.drafter.state_dict().items():
+        assert torch.equal(value, resumed.drafter.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"patience": 2}, "training.patience 2 needs a validation loss"),
+    ({"holdout": 0.6}, "training.holdout must be in"),
+    ({"patience": -1, "holdout": 0.1}, "training.patience -1"),
+])
+def test_bad_validation_settings_are_one_sentence(target, examples, tmp_path, overrides,
+                                                  message):
+    cache = build_cache(target, examples, tmp_path / "feats")
+    with pytest.raises(TapsError, match=message):
+        train_drafter(target, cache, fast_config(**overrides), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
