@@ -47,12 +47,12 @@ def features_for(target, records: list, size: int, method: str):
     aux layers for EAGLE-3)."""
     from taps_ray.training.examples import DataSpec, render_examples
     from taps_ray.training.features import FeatureCache, FeatureSpec
-    from taps_ray.training.pipeline import aux_layers_for
+    from taps_ray.training.pipeline import method_aux_layers
 
     examples, _ = render_examples(target.tokenizer, records[:size], REGEN["max_length"])
     label = f"{REGEN['mixture']} regenerated, first {size} of {REGEN['total']}"
     spec = DataSpec(label, size, REGEN["seed"], REGEN["max_length"], True, REGEN["max_new"])
-    aux = aux_layers_for(target, method)
+    aux = method_aux_layers(target, method)
     return FeatureCache.build(target, examples, FeatureSpec.for_target(target, spec, "fp16", aux))
 
 

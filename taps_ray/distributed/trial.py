@@ -114,12 +114,12 @@ def _prepare_one(spec: dict, with_prompts: bool) -> None:
     from taps_ray.config.schema import ExperimentConfig
     from taps_ray.evaluation.runner import replay_prompts
     from taps_ray.models.target import load_target
-    from taps_ray.training.pipeline import aux_layers_for, prepare_features
+    from taps_ray.training.pipeline import method_aux_layers, prepare_features
 
     cfg = from_dict(ExperimentConfig, spec)
     target = load_target(cfg.target.name, cfg.target.device, cfg.target.dtype)
     if with_prompts:
         replay_prompts(target, cfg.evaluation, progress=False)
     prepare_features(target, cfg.data, cfg.training.feature_dtype, online=False, progress=False,
-                     aux_layers=aux_layers_for(target, cfg.drafter.method))
+                     aux_layers=method_aux_layers(target, cfg.drafter.method))
 

@@ -19,7 +19,7 @@ _DOMAIN_OF_SOURCE = {"mathinstruct": "math", "sharegpt": "chat"}
 EAGLE3_DRAFT_VOCAB = 8192  # EAGLE-3's draft vocabulary when drafter.draft_vocab_size is 0
 
 
-def aux_layers_for(target: object, method: str) -> tuple[int, ...]:
+def method_aux_layers(target: object, method: str) -> tuple[int, ...]:
     """The hidden-state indices the features of `method` carry: EAGLE-3's three, else none."""
     if method != "eagle3":
         return ()
@@ -34,7 +34,7 @@ def prepare_features(
     feature_dtype: str,
     online: bool = False,
     progress: bool = True,
-    aux_layers: tuple[int, ...] = (),  # EAGLE-3: also store these hidden states (aux_layers_for)
+    aux_layers: tuple[int, ...] = (),  # EAGLE-3: also store these hidden states
 ) -> tuple[FeatureSource, dict]:
     """The training features for `data` (a DataConfig) and the counts drawn per source.
 
@@ -114,7 +114,7 @@ def train_from_config(
     method = cfg.drafter.method
     check_recipe(cfg.training, method, target)  # before minutes of feature extraction
     source, counts = prepare_features(target, cfg.data, cfg.training.feature_dtype, online,
-                                      progress, aux_layers_for(target, method))
+                                      progress, method_aux_layers(target, method))
     vocab = draft_vocab_for(target, source, cfg.drafter.draft_vocab_size, method)
     meta = DrafterMeta(
         name=cfg.drafter.name or default_drafter_name(cfg.data, cfg.drafter.method),

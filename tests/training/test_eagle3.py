@@ -147,9 +147,10 @@ def test_an_unsupported_target_family_is_one_user_error(examples, tmp_path):
 
 
 def test_eagle3_features_and_draft_vocabulary_defaults(target, examples, tmp_path):
-    from taps_ray.training.pipeline import aux_layers_for, draft_vocab_for
+    from taps_ray.training.pipeline import draft_vocab_for, method_aux_layers
 
-    assert aux_layers_for(target, "eagle3") == (0, 1, 2) and aux_layers_for(target, "hass") == ()
+    assert method_aux_layers(target, "eagle3") == (0, 1, 2)
+    assert method_aux_layers(target, "hass") == ()
     cache = eagle3_cache(target, examples, tmp_path / "feats")
     assert draft_vocab_for(target, cache, 0, "eagle3") is None  # 8192 capped at V = 32: all
     assert draft_vocab_for(target, cache, 0, "eagle2") is None
