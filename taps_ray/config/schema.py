@@ -25,9 +25,13 @@ class DataConfig:
     regenerate: bool = False  # replace responses with the target's own (self-distillation)
     regenerate_max_new_tokens: int = 256  # length cap of each regenerated answer
     regenerate_batch_size: int = 32  # prompts per batched generate call (not part of cache keys)
+    max_turns: int = 0  # keep each conversation's first N user turns (0: all); 1 = first turns
 
     def __post_init__(self) -> None:
         _positive("data.total", self.total)
+        if self.max_turns < 0:
+            raise ValueError(f"data.max_turns must be >= 0 (got {self.max_turns}); 0 keeps "
+                             "every turn, 1 the first exchange")
         _positive("data.max_length", self.max_length)
         _positive("data.regenerate_max_new_tokens", self.regenerate_max_new_tokens)
         _positive("data.regenerate_batch_size", self.regenerate_batch_size)

@@ -30,6 +30,19 @@ def user_turns(record: Record) -> list[str]:
     return [m.content for m in record.messages if m.role == "user"]
 
 
+def first_turns(record: Record, n: int) -> Record:
+    """`record` cut before its (n+1)-th user message (the first n exchanges; the system message
+    and anything before the first user turn are kept)."""
+    seen, keep = 0, []
+    for message in record.messages:
+        if message.role == "user":
+            seen += 1
+            if seen > n:
+                break
+        keep.append(message)
+    return Record(record.id, record.source, tuple(keep), record.category)
+
+
 def turn_messages(record: Record, turn: int, answers: Sequence[str]) -> tuple[Message, ...]:
     """The conversation that asks user turn `turn` (0-based) after the model's own `answers`.
 

@@ -24,18 +24,33 @@ class DataSpec:
     max_length: int  # tokens per rendered conversation (longer ones are truncated)
     regenerate: bool = False  # responses replaced by the target's own
     regenerate_max_new_tokens: int = 0  # length cap of regenerated answers (0 when off)
+    max_turns: int = 0  # user turns kept per conversation (0: all)
 
     @classmethod
     def from_config(cls, data: object) -> DataSpec:
         """From a `DataConfig` (duck-typed to keep this module free of config imports)."""
         cap = data.regenerate_max_new_tokens if data.regenerate else 0
-        return cls(data.mixture, data.total, data.seed, data.max_length, data.regenerate, cap)
+        return cls(data.mixture, data.total, data.seed, data.max_length, data.regenerate, cap,
+                   getattr(data, "max_turns", 0))
 
     def as_dict(self) -> dict:
         blob = asdict(self)
         if not self.regenerate:
             del blob["regenerate_max_new_tokens"]  # keeps keys of caches built before the field
+        if not self.max_turns:
+            del blob["max_turns"]  # likewise
         return blob
+
+    def draw(self) -> tuple[list[Record], dict]:
+        """The conversations this spec draws (cut to `max_turns`) and their counts per source."""
+        from taps_ray.data.mixture import build_mixture
+        from taps_ray.data.records import first_turns
+
+        mixture = build_mixture(self.mixture, self.total, self.seed)
+        records = list(mixture.records)
+        if self.max_turns:
+            records = [first_turns(r, self.max_turns) for r in records]
+        return records, dict(mixture.counts)
 
 
 def render_examples(

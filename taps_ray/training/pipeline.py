@@ -47,10 +47,7 @@ def prepare_features(
         cache = FeatureCache.find(feature_spec)
         if cache is not None:
             return cache, cache.manifest["extra"].get("counts", {})
-    from taps_ray.data.mixture import build_mixture
-
-    mixture = build_mixture(data.mixture, data.total, data.seed)
-    records = mixture.records
+    records, drawn = spec.draw()
     if spec.regenerate:
         from taps_ray.training.regenerate import regenerate_records
 
@@ -59,7 +56,7 @@ def prepare_features(
                                      batch_size=data.regenerate_batch_size, progress=progress)
     examples, skipped = render_examples(target.tokenizer, records, data.max_length, progress)
     require_assistant_tokens(examples, spec)
-    counts = {"drawn": dict(mixture.counts), "skipped_no_assistant": skipped,
+    counts = {"drawn": drawn, "skipped_no_assistant": skipped,
               "conversations": len(examples)}
     if online:
         return OnlineFeatures(target, examples, feature_dtype, aux_layers=aux_layers), counts
