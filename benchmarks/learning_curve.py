@@ -26,32 +26,34 @@ BENCHES = ["mt_bench", "gsm8k", "math500", "svamp"]
 REGEN = {"mixture": "math=1.0", "total": 4800, "seed": 0, "max_length": 384, "max_new": 192}
 
 
-def regenerated_prefix(target, limit: int) -> list:
-    """The first `limit` records of the background regeneration run whose answers are cached
-    (finished shards only: the run may still be going)."""
+def regenerated_prefix(target, limit: int, regen: dict = REGEN) -> list:
+    """The first `limit` records of the background regeneration run `regen` whose answers are
+    cached (finished shards only: the run may still be going)."""
     from taps_ray.config.schema import DataConfig
-    from taps_ray.data.mixture import build_mixture
     from taps_ray.training.examples import DataSpec
     from taps_ray.training.regenerate import cached_prefix
 
-    data = DataConfig(mixture=REGEN["mixture"], total=REGEN["total"], seed=REGEN["seed"],
-                      max_length=REGEN["max_length"], regenerate=True,
-                      regenerate_max_new_tokens=REGEN["max_new"])
-    records = build_mixture(data.mixture, data.total, data.seed).records
-    done = cached_prefix(target, records, DataSpec.from_config(data).as_dict(), REGEN["max_new"])
+    data = DataConfig(mixture=regen["mixture"], total=regen["total"], seed=regen["seed"],
+                      max_length=regen["max_length"], regenerate=True,
+                      regenerate_max_new_tokens=regen["max_new"],
+                      max_turns=regen.get("max_turns", 0))
+    spec = DataSpec.from_config(data)
+    records, _ = spec.draw()
+    done = cached_prefix(target, records, spec.as_dict(), regen["max_new"])
     return done[:limit]
 
 
-def features_for(target, records: list, size: int, method: str):
+def features_for(target, records: list, size: int, method: str, regen: dict = REGEN):
     """The feature cache of the first `size` regenerated conversations (built once; with the
     aux layers for EAGLE-3)."""
     from taps_ray.training.examples import DataSpec, render_examples
     from taps_ray.training.features import FeatureCache, FeatureSpec
     from taps_ray.training.pipeline import method_aux_layers
 
-    examples, _ = render_examples(target.tokenizer, records[:size], REGEN["max_length"])
-    label = f"{REGEN['mixture']} regenerated, first {size} of {REGEN['total']}"
-    spec = DataSpec(label, size, REGEN["seed"], REGEN["max_length"], True, REGEN["max_new"])
+    examples, _ = render_examples(target.tokenizer, records[:size], regen["max_length"])
+    label = f"{regen['mixture']} regenerated, first {size} of {regen['total']}"
+    spec = DataSpec(label, size, regen["seed"], regen["max_length"], True, regen["max_new"],
+                    regen.get("max_turns", 0))
     aux = method_aux_layers(target, method)
     return FeatureCache.build(target, examples, FeatureSpec.for_target(target, spec, "fp16", aux))
 
@@ -60,8 +62,10 @@ def loss_tokens(source) -> int:
     return sum(int(mask.sum()) for _, mask in source.token_arrays())
 
 
-def train(target, source, method: str, size: int, epochs: int, folder: Path):
-    """One head (resumed from its checkpoint when interrupted); returns its folder."""
+def train(target, source, method: str, size: int, epochs: int, folder: Path,
+          regen: dict = REGEN, **training):
+    """One head (resumed from its checkpoint when interrupted); returns its folder.
+    `training`: more TrainingConfig fields (e.g. holdout, patience)."""
     from taps_ray.config.schema import TrainingConfig
     from taps_ray.models.drafter import DrafterMeta, tokenizer_fingerprint
     from taps_ray.training.pipeline import draft_vocab_for
@@ -70,11 +74,14 @@ def train(target, source, method: str, size: int, epochs: int, folder: Path):
     drafter = folder / "drafter"
     if (drafter / "taps.json").is_file():
         return drafter
-    cfg = replace(TrainingConfig(), epochs=epochs, lr=5e-4, w_topk=1.0)
+    cfg = replace(TrainingConfig(), epochs=epochs, lr=5e-4, w_topk=1.0, **training)
     vocab = draft_vocab_for(target, source, 0, method)  # EAGLE-3: its own 8192-token head
-    meta = DrafterMeta(name=f"math{size}-{method}", target=str(target.name),
+    domain = regen["mixture"].partition("=")[0]
+    meta = DrafterMeta(name=f"{domain}{size}-{method}", target=str(target.name),
                        tokenizer_fingerprint=tokenizer_fingerprint(target.tokenizer),
-                       data={"regenerated": REGEN, "conversations": size})
+                       data={"mixture": regen["mixture"], "total": regen["total"],
+                             "seed": regen["seed"], "regenerated": regen,
+                             "conversations": size})  # the draw: calibration excludes it
     resume = (folder / "checkpoints").is_dir()
     result = train_drafter(target, source, cfg, folder, method=method, meta=meta,
                            draft_vocab=vocab, resume=resume)

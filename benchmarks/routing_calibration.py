@@ -19,10 +19,13 @@ from taps_ray.models.drafter import read_meta
 
 BENCHES = ["mt_bench", "gsm8k", "math500", "svamp"]
 SETS = ("raw", "calibrated")
-HOME = {"mt_bench": "chat-hass"}  # the head each benchmark should go to; math otherwise
+FOLDERS = ("math-hass", "chat-hass")  # the heads' folder names under each --drafters folder
 
 
-def summary(rows_dir: str, drafters_dirs: list[str]) -> dict:
+def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
+            chat: str = "chat-hass") -> dict:
+    """`math` / `chat`: the heads' drafter names in the rows (MT-Bench should go to `chat`,
+    the other benchmarks to `math`)."""
     rows = load_inputs([rows_dir]).rows
     taus = tau_table(rows)
     shares = routing_shares(rows)
@@ -31,17 +34,18 @@ def summary(rows_dir: str, drafters_dirs: list[str]) -> dict:
         out["tau"][label] = {b: round(float(taus.loc[label, b]), 4)
                              for b in [*BENCHES, "mean"] if b in taus.columns}
     for (label, bench), group in shares.groupby(["label", "benchmark"]):
-        home = group[group["drafter"] == HOME.get(bench, "math-hass")]
+        home = group[group["drafter"] == (chat if bench == "mt_bench" else math)]
         for key, col in (("step_share_to_home", "step_share"),
                          ("prompt_share_to_home", "prompt_share")):
             value = float(home[col].iloc[0]) if len(home) else 0.0
             out[key].setdefault(label, {})[bench] = round(value, 4)
     out["calibrations"] = {
         f"{folder}/{name}": read_meta(Path(folder) / name).extra.get("confidence_calibration", {})
-        for folder in drafters_dirs for name in ("math-hass", "chat-hass")
+        for folder in drafters_dirs for name in FOLDERS
     }
-    for cal in out["calibrations"].values():
-        cal.pop("x", None), cal.pop("y", None)  # the map itself lives in the drafter's taps.json
+    for cal in out["calibrations"].values():  # the map itself lives in the drafter's taps.json
+        for key in ("x", "y", "trust_weights"):
+            cal.pop(key, None)
     return out
 
 
@@ -66,8 +70,10 @@ def main() -> None:
     parser.add_argument("--drafters", nargs="+",
                         default=["runs/calibrated", "runs/calibrated-isotonic"])
     parser.add_argument("--out", default="docs/results/routing-calibration/summary.json")
+    parser.add_argument("--math", default="math-hass", help="the math head's drafter name")
+    parser.add_argument("--chat", default="chat-hass", help="the chat head's drafter name")
     args = parser.parse_args()
-    s = summary(args.rows, args.drafters)
+    s = summary(args.rows, args.drafters, args.math, args.chat)
     Path(args.out).write_text(json.dumps(s, indent=2) + "\n")
     print(table(s))
 

@@ -53,7 +53,8 @@ def prepare_features(
 
         records = regenerate_records(target, records, spec.as_dict(),
                                      spec.regenerate_max_new_tokens,
-                                     batch_size=data.regenerate_batch_size, progress=progress)
+                                     batch_size=data.regenerate_batch_size, progress=progress,
+                                     max_prompt_tokens=data.max_length)
     examples, skipped = render_examples(target.tokenizer, records, data.max_length, progress)
     require_assistant_tokens(examples, spec)
     counts = {"drawn": drawn, "skipped_no_assistant": skipped,

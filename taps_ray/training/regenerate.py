@@ -20,9 +20,13 @@ from taps_ray.data.render import render_prompt
 
 
 def regenerate_records(target, records: Sequence[Record], spec_key: dict, max_new_tokens: int,
-                       batch_size: int = 32, shard_size: int = 64, progress: bool = True
-                       ) -> list[Record]:
-    """`records` with every assistant turn replaced by the target's greedy answer."""
+                       batch_size: int = 32, shard_size: int = 64, progress: bool = True,
+                       max_prompt_tokens: int = 0) -> list[Record]:
+    """`records` with every assistant turn replaced by the target's greedy answer.
+
+    `max_prompt_tokens` (the training max_length): a turn whose prompt is at least this long
+    gets an empty answer instead, as training would cut it away whole (one pasted document
+    would otherwise pad a whole batch to its length)."""
     folder = _folder(target, spec_key, max_new_tokens)
     shards = [records[i : i + shard_size] for i in range(0, len(records), shard_size)]
     out: list[Record] = []
@@ -31,7 +35,8 @@ def regenerate_records(target, records: Sequence[Record], spec_key: dict, max_ne
         path = folder / f"shard-{index:05d}.jsonl"
         done = _read_shard(path, shard)
         if done is None:
-            done = _generate_shard(target, shard, max_new_tokens, batch_size)
+            done = _generate_shard(target, shard, max_new_tokens, batch_size,
+                                   max_prompt_tokens)
             _write_shard(path, done)
         out += done
         bar.update(len(shard))
@@ -54,16 +59,21 @@ def cached_prefix(target, records: Sequence[Record], spec_key: dict, max_new_tok
     return out
 
 
-def _generate_shard(target, shard: Sequence[Record], max_new: int, batch: int) -> list[Record]:
+def _generate_shard(target, shard: Sequence[Record], max_new: int, batch: int,
+                    max_prompt: int = 0) -> list[Record]:
     answers: list[list[str]] = [[] for _ in shard]
     turns = max(len(user_turns(r)) for r in shard)
     for turn in range(turns):
-        todo = [i for i, r in enumerate(shard) if len(user_turns(r)) > turn]
+        prompts = {i: render_prompt(target.tokenizer, turn_messages(r, turn, answers[i]))
+                   for i, r in enumerate(shard) if len(user_turns(r)) > turn}
+        too_long = {i for i, p in prompts.items() if max_prompt and len(p) >= max_prompt}
+        todo = sorted(set(prompts) - too_long, key=lambda i: len(prompts[i]))  # less padding
+        for i in too_long:
+            answers[i].append("")
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            prompts = [render_prompt(target.tokenizer, turn_messages(shard[i], turn, answers[i]))
-                       for i in chunk]
-            for i, text in zip(chunk, greedy_batch(target, prompts, max_new), strict=True):
+            texts = greedy_batch(target, [prompts[i] for i in chunk], max_new)
+            for i, text in zip(chunk, texts, strict=True):
                 answers[i].append(text)
     return [_with_answers(r, a) for r, a in zip(shard, answers, strict=True)]
 

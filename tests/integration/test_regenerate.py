@@ -34,3 +34,16 @@ def test_regenerated_answers_are_the_targets_and_resume(default_target, tmp_path
                                progress=False)
     assert again == out
     assert shards[0].stat().st_mtime_ns == first  # the finished shard was reused
+
+
+def test_prompts_too_long_to_train_on_are_not_answered(default_target, tmp_path, monkeypatch):
+    monkeypatch.setenv("TAPS_CACHE_DIR", str(tmp_path))
+    records = build_mixture("math=1.0", 4, seed=1).records
+    lengths = [len(render_prompt(default_target.tokenizer, turn_messages(r, 0, [])))
+               for r in records]
+    cap = sorted(lengths)[1] + 1  # the two shortest prompts fit, the others do not
+    out = regenerate_records(default_target, records, {"test": "cap"}, 4, batch_size=4,
+                             progress=False, max_prompt_tokens=cap)
+    answered = [bool(r.messages[-1].content) for r in out]
+    assert answered == [n < cap for n in lengths] and sum(answered) == 2
+    assert [r.id for r in out] == [r.id for r in records]
