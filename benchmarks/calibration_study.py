@@ -128,6 +128,26 @@ def study(data: dict) -> dict:
                     "score is higher for the domain's own head (ties count against)"}
 
 
+def table(result: dict) -> str:
+    """The Markdown table of docs/results.md: one row per fit."""
+    math, chat = result["heads"]
+    lines = [f"| fit | held-out log-loss {math} | {chat} | MathInstruct positions to {math} | "
+             f"ShareGPT positions to {chat} |", "|" + " --- |" * 5]
+    for name, row in result["fits"].items():
+        loss = row["heldout_log_loss"]
+        lines.append(f"| {name} | {loss[0]:.5f} | {loss[1]:.5f} | "
+                     f"{100 * row['mathinstruct_to_own_head']:.1f} % | "
+                     f"{100 * row['sharegpt_to_own_head']:.1f} % |")
+    oracle = result["oracle_heldout_half"]
+    for source, head in (("mathinstruct", math), ("sharegpt", chat)):
+        o = oracle[source]
+        lines.append(f"| oracle ({source}) | - | - | ties {100 * o['tie_share']:.1f} %; "
+                     f"{head} longer at {100 * o['own_share_of_decisive']:.1f} % of the rest "
+                     f"({o['own_head_longer']} / {o['own_head_longer'] + o['other_head_longer']})"
+                     " | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("math")
@@ -147,7 +167,7 @@ def main() -> None:
     result["command"] = (f"python benchmarks/calibration_study.py {args.math} {args.chat} "
                          f"--prompts {args.prompts} --out {args.out}")
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("oracle_heldout_half", "fits")}, indent=1))
+    print(table(result))
 
 
 if __name__ == "__main__":
