@@ -89,9 +89,36 @@ def learning_curve(path: Path):
     return lookup
 
 
+def calibration_study(path: Path):
+    """benchmarks/calibration_study.py's JSON: per fit its held-out log-loss of each head and
+    the held-out positions sent to each domain's own head; the oracle rows' tie and win counts."""
+    data = json.loads(path.read_text())
+
+    def lookup(row: str, col: str) -> list[float]:
+        if row.startswith("oracle ("):  # its figures sit in the MathInstruct column
+            if not col.startswith("MathInstruct"):
+                return []
+            o = data["oracle_heldout_half"][row[len("oracle ("):-1]]
+            decisive = o["own_head_longer"] + o["other_head_longer"]
+            return [100 * o["tie_share"], 100 * o["own_share_of_decisive"],
+                    o["own_head_longer"], decisive]
+        fit = data["fits"][row]
+        if col.startswith("held-out log-loss"):
+            return [fit["heldout_log_loss"][0]]
+        if col.startswith("MathInstruct"):
+            return [100 * fit["mathinstruct_to_own_head"]]
+        if col.startswith("ShareGPT"):
+            return [100 * fit["sharegpt_to_own_head"]]
+        return [fit["heldout_log_loss"][1]]  # the second head's log-loss column
+
+    return lookup
+
+
 DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live,  # tables in docs/
                "docs/results/replay-equals-live-60-5-10.json": replay_equals_live,
-               "docs/results/learning-curve/summary.json": learning_curve}
+               "docs/results/learning-curve/summary.json": learning_curve,
+               "docs/results/routing-calibration/calibration-study-quickstart.json":
+                   calibration_study}
 READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
            "docs/bench/speed-choice.json": speed_choice, **DOC_READERS}
 
