@@ -155,23 +155,30 @@ def test_routing_picks_the_higher_calibrated_score_where_raw_confidence_picks_th
     assert strategy.propose(sessions, TREE).route == unsure
 
 
-def test_calibrated_routing_in_replay_equals_live_and_stays_lossless():
-    target = tiny_target("llama")
-    drafters = [untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)]
-    calibrated(drafters[0], cal.Calibration("isotonic", x=(-6.0, -1.0, 0.0), y=(0.0, 0.05, 0.1)))
-    calibrated(drafters[1], cal.Calibration("isotonic", x=(-1.0,), y=(0.5,)))
+def routed(target, drafters, tokens: int) -> tuple[list[int], list[int]]:
+    """Route-confidence over `drafters`: (live routes, replay routes), the live output checked
+    against plain greedy decoding."""
     prompt = torch.randint(0, 32, (8,), generator=torch.Generator().manual_seed(3)).tolist()
     greedy = SamplingParams()
-    plain = generate_plain(target, prompt, greedy, 24, stop_token_ids=set()).tokens
+    plain = generate_plain(target, prompt, greedy, tokens, stop_token_ids=set()).tokens
     engine = SpeculativeEngine(target, drafters, TREE, "route-confidence")
-    live = engine.generate(prompt, greedy, 24, stop_token_ids=set())
+    live = engine.generate(prompt, greedy, tokens, stop_token_ids=set())
     assert live.tokens == plain
     item = ReplayPrompt("toy", "p", 0, prompt, plain)
     feats = teacher_features(engine.runner, item)
     strategy = make_strategy("route-confidence", 2)
     walked = replay(engine.sessions, strategy, item, feats, TREE)  # KnownTrees sessions
-    assert walked.routes == [s.route for s in live.steps]
-    assert set(walked.routes) == {1}  # every tree of head 0 scores <= 0.1, head 1's 0.5
+    return [s.route for s in live.steps], walked.routes
+
+
+def test_calibrated_routing_in_replay_equals_live_and_stays_lossless():
+    target = tiny_target("llama")
+    drafters = [untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)]
+    calibrated(drafters[0], cal.Calibration("isotonic", x=(-6.0, -1.0, 0.0), y=(0.0, 0.05, 0.1)))
+    calibrated(drafters[1], cal.Calibration("isotonic", x=(-1.0,), y=(0.5,)))
+    live, walked = routed(target, drafters, 24)
+    assert walked == live
+    assert set(walked) == {1}  # every tree of head 0 scores <= 0.1, head 1's 0.5
 
 
 def test_context_calibrated_routing_in_replay_equals_live_and_stays_lossless():
@@ -184,22 +191,10 @@ def test_context_calibrated_routing_in_replay_equals_live_and_stays_lossless():
         weights = (sign * 40.0,) + (0.0,) * (d - 1)
         calibrated(drafter, cal.Calibration("context", temperature=1.0, trust_weights=weights,
                                             trust_default=0.5))
-    prompt = torch.randint(0, 32, (8,), generator=torch.Generator().manual_seed(3)).tolist()
-    greedy = SamplingParams()
-    plain = generate_plain(target, prompt, greedy, 32, stop_token_ids=set()).tokens
-    engine = SpeculativeEngine(target, drafters, TREE, "route-confidence")
-    live = engine.generate(prompt, greedy, 32, stop_token_ids=set())
-    assert live.tokens == plain
-    routes = [s.route for s in live.steps]
-    assert set(routes) == {0, 1}
+    live, walked = routed(target, drafters, 32)
+    assert walked == live and set(live) == {0, 1}
     raw = [untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)]
-    uncalibrated = SpeculativeEngine(target, raw, TREE, "route-confidence").generate(
-        prompt, greedy, 32, stop_token_ids=set())
-    assert [s.route for s in uncalibrated.steps] != routes  # the hidden states decided
-    item = ReplayPrompt("toy", "p", 0, prompt, plain)
-    feats = teacher_features(engine.runner, item)
-    walked = replay(engine.sessions, make_strategy("route-confidence", 2), item, feats, TREE)
-    assert walked.routes == routes
+    assert routed(target, raw, 32)[0] != live  # the hidden states decided
 
 
 def test_known_trees_expose_their_drafter_and_uncalibrated_heads_are_identity():
