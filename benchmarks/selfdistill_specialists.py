@@ -1,7 +1,7 @@
 """Self-distilled specialists (issue 18, deliverable 2): a math and a chat head trained on the
 target's own answers for as long as their validation loss keeps falling.
 
-The background regeneration (`runs/selfdistill/regen_chat.py`, `regen.py`) answers MathInstruct
+The background regeneration (`benchmarks/selfdistill_regen.py`) answers MathInstruct
 questions and ShareGPT first turns greedily (<= 192 tokens, resumable shards of 64); this trains
 one head per domain on the first N finished conversations with a seeded 5 % held out, up to
 `--epochs` epochs, stopping after `--patience` epochs without a lower validation loss and
