@@ -195,6 +195,14 @@ def test_context_calibrated_routing_in_replay_equals_live_and_stays_lossless():
     assert walked == live and set(live) == {0, 1}
     raw = [untrained_drafter(target, seed=1), untrained_drafter(target, seed=2)]
     assert routed(target, raw, 32)[0] != live  # the hidden states decided
+    # T = 1: the same seed samples the same tokens as plain decoding, whatever was routed
+    sampled = SamplingParams(temperature=1.0)
+    engine = SpeculativeEngine(target, drafters, TREE, "route-confidence")
+    for seed in (0, 1):
+        prompt = list(range(3 + seed, 11 + seed))
+        got = engine.generate(prompt, sampled, 32, stop_token_ids=set(), seed=seed)
+        want = generate_plain(target, prompt, sampled, 32, stop_token_ids=set(), seed=seed)
+        assert got.tokens == want.tokens
 
 
 def test_known_trees_expose_their_drafter_and_uncalibrated_heads_are_identity():
