@@ -205,7 +205,8 @@ def scores_of(calibration: cal.Calibration, pairs: Sequence[Pairs]) -> dict[str,
 
 def fit_calibration(pairs: Sequence[Pairs], method: str = "auto") -> cal.Calibration:
     """Fit on one half, score identity and the fits on the other; keep the best (`auto`) or
-    the named method. `fitted_on` records counts and the held-out metrics."""
+    the named method; `auto` keeps the raw confidences (identity) when no fit beats them held
+    out. `fitted_on` records counts and the held-out metrics."""
     if method not in METHODS:
         raise TapsError(f"--method '{method}' is unknown; use one of {', '.join(METHODS)}")
     fit_part, held = split(pairs)
@@ -226,6 +227,8 @@ def fit_calibration(pairs: Sequence[Pairs], method: str = "auto") -> cal.Calibra
             for name in names}
     metrics = {"identity": scores_of(cal.IDENTITY, held)}
     metrics.update({name: scores_of(c, held) for name, c in fits.items()})
+    if method == "auto":  # a head already calibrated on held-out data keeps its confidences
+        names, fits = ("identity", *names), {"identity": cal.IDENTITY, **fits}
     best = min(names, key=lambda n: (metrics[n]["log_loss"], metrics[n]["brier"]))
     return cal.Calibration(**{**_fields(fits[best]), "fitted_on": {
         **fits[best].fitted_on, "heldout": metrics,

@@ -105,7 +105,9 @@ def test_fit_is_scored_on_the_other_half_and_stored_with_its_data(tmp_path):
     fits = ("temperature", "isotonic", "context")
     held_out = fitted.fitted_on["heldout"]
     assert set(held_out) == {"identity", *fits}
-    assert held_out[fitted.method]["log_loss"] == min(held_out[m]["log_loss"] for m in fits)
+    # auto keeps the raw confidences unless a fit beats them on the held-out half
+    assert held_out[fitted.method]["log_loss"] == min(held_out[m]["log_loss"]
+                                                      for m in ("identity", *fits))
     context = confidence.fit_calibration(pairs, "context")
     assert context.fitted_on["l2"] in confidence.CONTEXT_L2
     assert len(context.trust_weights) == target.model.config.hidden_size
@@ -162,3 +164,25 @@ def test_calibrate_cli_rejects_missing_folders_and_mixed_targets(tmp_path, capsy
     (b / META_FILE).write_text(json.dumps({**meta, "target": "another-model"}))
     assert main(["drafter", "calibrate", str(a), str(b)]) == 2
     assert "one target" in capsys.readouterr().err
+
+
+def test_auto_keeps_raw_confidences_that_no_fit_improves_held_out():
+    """Nodes accepted with probability exactly exp(s): the raw confidences are calibrated, so
+    on held-out prompts no fit is better, and auto stores identity."""
+    gen = torch.Generator().manual_seed(0)
+
+    def calibrated_pairs(source: str) -> confidence.Pairs:
+        s = -torch.rand(400, generator=gen, dtype=torch.float64) * 3
+        accepted = (torch.rand(400, generator=gen, dtype=torch.float64) < s.exp()).double()
+        return confidence.Pairs(source, s, accepted)
+
+    pairs = [calibrated_pairs(src) for src in ("mathinstruct", "sharegpt") * 2]
+    held = confidence.split(pairs)[1]
+    fitted = confidence.fit_calibration(pairs, "auto")
+    losses = fitted.fitted_on["heldout"]
+    assert fitted.method == min(losses, key=lambda m: losses[m]["log_loss"])
+    assert fitted == cal.IDENTITY  # (0.44746 held out vs temperature 0.44762, isotonic 0.4646)
+    forced = confidence.fit_calibration(pairs, "temperature")
+    assert forced.method == "temperature"  # a named method is fitted whatever it scores
+    assert confidence.scores_of(fitted, held)["log_loss"] < confidence.scores_of(forced,
+                                                                                 held)["log_loss"]
