@@ -139,10 +139,10 @@ def table(result: dict) -> str:
                      f"{100 * row['mathinstruct_to_own_head']:.1f} % | "
                      f"{100 * row['sharegpt_to_own_head']:.1f} % |")
     oracle = result["oracle_heldout_half"]
-    for source, head in (("mathinstruct", math), ("sharegpt", chat)):
+    for source in ("mathinstruct", "sharegpt"):
         o = oracle[source]
         lines.append(f"| oracle ({source}) | - | - | ties {100 * o['tie_share']:.1f} %; "
-                     f"{head} longer at {100 * o['own_share_of_decisive']:.1f} % of the rest "
+                     f"own head longer at {100 * o['own_share_of_decisive']:.1f} % of the rest "
                      f"({o['own_head_longer']} / {o['own_head_longer'] + o['other_head_longer']})"
                      " | |")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
     """`math` / `chat`: the heads' drafter names in the rows (MT-Bench should go to `chat`,
     the other benchmarks to `math`)."""
     rows = load_inputs([rows_dir]).rows
+    rows = rows[rows["temperature"] == 0.0]  # T = 0 replay (a folder may hold live T = 1 rows)
     taus = tau_table(rows)
     shares = routing_shares(rows)
     out: dict = {"tau": {}, "step_share_to_home": {}, "prompt_share_to_home": {}}

@@ -118,6 +118,8 @@ DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live,  # ta
                "docs/results/replay-equals-live-60-5-10.json": replay_equals_live,
                "docs/results/learning-curve/summary.json": learning_curve,
                "docs/results/routing-calibration/calibration-study-quickstart.json":
+                   calibration_study,
+               "docs/results/routing-calibration/calibration-study-selfdistill.json":
                    calibration_study}
 READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
            "docs/bench/speed-choice.json": speed_choice, **DOC_READERS}
