@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,20 +68,21 @@ def save_checkpoint(
 
 
 def publish_weights(drafter: EagleDrafter, meta: DrafterMeta, dest: Path) -> None:
-    """Save `drafter` as a loadable folder at `dest` via `<dest>.staging` (whole or absent)."""
-    staging = dest.with_name(dest.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_drafter(drafter, staging, meta)
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
+    """Save `drafter` as a loadable folder at `dest`: whole or absent (via `<dest>.staging`)."""
+    _publish(dest, lambda staging: save_drafter(drafter, staging, meta))
 
 
 def publish_folder(source: Path, dest: Path) -> None:
-    """Copy a finished drafter folder to `dest` via `<dest>.staging`: `dest` is whole or absent."""
+    """Copy a finished drafter folder to `dest`: whole or absent (via `<dest>.staging`)."""
+    _publish(dest, lambda staging: shutil.copytree(source, staging))
+
+
+def _publish(dest: Path, write: Callable[[Path], object]) -> None:
+    """`write` fills `<dest>.staging`, which then replaces `dest` by a rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.with_name(dest.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
+    write(staging)
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
 
