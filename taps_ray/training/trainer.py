@@ -194,8 +194,7 @@ class DrafterTrainer:
 
     def _train_step(self, indices: list[int]) -> dict:
         began = time.perf_counter()
-        final = self.source.hidden_size if self.method == "eagle3" else None
-        batch = collate_pairs(self.source.fetch(indices), final).to(self.device)
+        batch = self._batch(indices)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.zero_grad(set_to_none=True)
         parts = self._forward_backward(batch)
@@ -210,6 +209,12 @@ class DrafterTrainer:
                 "lr": lr, "grad_norm": float(grad_norm), "tokens": batch.tokens,
                 "tokens_per_s": batch.tokens / seconds}
 
+    def _batch(self, indices: list[int]) -> PairBatch:
+        """The conversations `indices` as one padded batch on the device (EAGLE-3 rows keep
+        their aux layers after the final feature)."""
+        final = self.source.hidden_size if self.method == "eagle3" else None
+        return collate_pairs(self.source.fetch(indices), final).to(self.device)
+
     def _stalled(self) -> bool:
         """training.patience epochs have passed without a lower validation loss."""
         patience = self.cfg.patience
@@ -221,10 +226,9 @@ class DrafterTrainer:
         self.drafter.eval()
         sums: dict[str, float] = {}
         tokens = 0
-        final = self.source.hidden_size if self.method == "eagle3" else None
         for indices in epoch_batches(self.val_indices, self.lengths, self.cfg.batch_size,
                                      self.cfg.seed, 0):
-            batch = collate_pairs(self.source.fetch(indices), final).to(self.device)
+            batch = self._batch(indices)
             n = int(batch.loss_mask.sum())
             parts = self._forward_backward(batch, backward=False)
             for key in ("loss", "acc"):
