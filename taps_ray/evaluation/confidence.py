@@ -175,7 +175,7 @@ def predict(calibration: cal.Calibration, pairs: Sequence[Pairs]) -> torch.Tenso
     return calibration.apply(s) * calibration.trust(contexts)[tree_of]
 
 
-def fit_context(pairs: Sequence[Pairs]) -> cal.Calibration:
+def choose_context_fit(pairs: Sequence[Pairs]) -> cal.Calibration:
     """The context fit, its ridge strength chosen on alternate prompts of `pairs` (so the
     held-out half that picks the method never picks the strength), refitted on all of them."""
     inner_fit, inner_held = split(pairs)
@@ -218,20 +218,17 @@ def fit_calibration(pairs: Sequence[Pairs], method: str = "auto") -> cal.Calibra
     if method == "context" and not has_context:
         raise TapsError("--method context needs the heads' hidden states, which these pairs "
                         "lack; collect them with confidence.collect")
-    if method == "auto":
-        names = ("temperature", "isotonic", "context") if has_context else ("temperature",
-                                                                             "isotonic")
-    else:
-        names = (method,)
-    fits = {name: fit_context(fit_part) if name == "context" else cal.fit(name, s, a)
+    names = [method] if method != "auto" else ["temperature", "isotonic"] + (
+        ["context"] if has_context else [])
+    fits = {name: choose_context_fit(fit_part) if name == "context" else cal.fit(name, s, a)
             for name in names}
-    metrics = {"identity": scores_of(cal.IDENTITY, held)}
-    metrics.update({name: scores_of(c, held) for name, c in fits.items()})
-    if method == "auto":  # a head already calibrated on held-out data keeps its confidences
-        names, fits = ("identity", *names), {"identity": cal.IDENTITY, **fits}
-    best = min(names, key=lambda n: (metrics[n]["log_loss"], metrics[n]["brier"]))
-    return cal.Calibration(**{**_fields(fits[best]), "fitted_on": {
-        **fits[best].fitted_on, "heldout": metrics,
+    scored = {"identity": cal.IDENTITY, **fits}
+    metrics = {name: scores_of(c, held) for name, c in scored.items()}
+    # auto: a head already calibrated on held-out data keeps its raw confidences
+    candidates = scored if method == "auto" else fits
+    best = min(candidates, key=lambda n: (metrics[n]["log_loss"], metrics[n]["brier"]))
+    return cal.Calibration(**{**_fields(scored[best]), "fitted_on": {
+        **scored[best].fitted_on, "heldout": metrics,
         "chosen_by": "held-out log-loss" if method == "auto" else "--method",
         "pairs": {"fit": int(s.numel()), "heldout": int(_cat(held)[0].numel())},
         "prompts": {"fit": len(fit_part), "heldout": len(held)},
