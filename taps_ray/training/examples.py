@@ -31,7 +31,7 @@ class DataSpec:
         """From a `DataConfig` (duck-typed to keep this module free of config imports)."""
         cap = data.regenerate_max_new_tokens if data.regenerate else 0
         return cls(data.mixture, data.total, data.seed, data.max_length, data.regenerate, cap,
-                   getattr(data, "max_turns", 0))
+                   data.max_turns)
 
     def as_dict(self) -> dict:
         blob = asdict(self)
