@@ -26,18 +26,23 @@ BENCHES = ["mt_bench", "gsm8k", "math500", "svamp"]
 REGEN = {"mixture": "math=1.0", "total": 4800, "seed": 0, "max_length": 384, "max_new": 192}
 
 
+def regen_config(regen: dict = REGEN):
+    """The DataConfig of the background regeneration run `regen` (its cache keys)."""
+    from taps_ray.config.schema import DataConfig
+
+    return DataConfig(mixture=regen["mixture"], total=regen["total"], seed=regen["seed"],
+                      max_length=regen["max_length"], regenerate=True,
+                      regenerate_max_new_tokens=regen["max_new"], regenerate_batch_size=32,
+                      max_turns=regen.get("max_turns", 0))
+
+
 def regenerated_prefix(target, limit: int, regen: dict = REGEN) -> list:
     """The first `limit` records of the background regeneration run `regen` whose answers are
     cached (finished shards only: the run may still be going)."""
-    from taps_ray.config.schema import DataConfig
     from taps_ray.training.examples import DataSpec
     from taps_ray.training.regenerate import cached_prefix
 
-    data = DataConfig(mixture=regen["mixture"], total=regen["total"], seed=regen["seed"],
-                      max_length=regen["max_length"], regenerate=True,
-                      regenerate_max_new_tokens=regen["max_new"],
-                      max_turns=regen.get("max_turns", 0))
-    spec = DataSpec.from_config(data)
+    spec = DataSpec.from_config(regen_config(regen))
     records, _ = spec.draw()
     done = cached_prefix(target, records, spec.as_dict(), regen["max_new"])
     return done[:limit]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import regen_config  # noqa: E402
 from selfdistill_specialists import DOMAINS  # noqa: E402
 
 
@@ -23,19 +24,15 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from taps_ray.config.schema import DataConfig
     from taps_ray.models.target import load_target
     from taps_ray.training.pipeline import prepare_features
 
     torch.set_num_threads(2)
     target = load_target("smollm2-135m-instruct")
     for domain in args.domains.split(","):
-        regen, start = DOMAINS[domain], time.time()
-        data = DataConfig(mixture=regen["mixture"], total=regen["total"], seed=regen["seed"],
-                          max_length=regen["max_length"], regenerate=True,
-                          regenerate_max_new_tokens=regen["max_new"], regenerate_batch_size=32,
-                          max_turns=regen.get("max_turns", 0))
-        _, counts = prepare_features(target, data, "fp16", progress=True)
+        start = time.time()
+        _, counts = prepare_features(target, regen_config(DOMAINS[domain]), "fp16",
+                                     progress=True)
         print(f"{domain}: {counts} ({time.time() - start:.0f} s)", flush=True)
 
 
