@@ -228,10 +228,23 @@ def load_drafter(path: str | Path, target: object) -> EagleDrafter:
     meta = _read_meta(path / META_FILE)
     config = _read_config(path, meta)
     check_compatible(config, meta, target, path)
+    _check_calibration_fits(meta, config.hidden_size, path)
     drafter = _build(path, config if meta.layout == EAGLE3 else target.model.config, meta)
     if meta.layout == EAGLE3:
         _check_aux_fits(drafter, target, path)
     return drafter.to(target.device, target.dtype).eval().requires_grad_(False)
+
+
+def _check_calibration_fits(meta: DrafterMeta, hidden_size: int, path: Path) -> None:
+    """A context calibration reads the head's hidden state: its weights must match it (found
+    at load, not mid-routing)."""
+    from taps_ray.decoding.calibration import calibration_of
+
+    calibration = calibration_of(meta)
+    if calibration.method == "context" and len(calibration.trust_weights) != hidden_size:
+        raise TapsError(f"drafter '{path}' has a context calibration of "
+                        f"{len(calibration.trust_weights)} weights for a {hidden_size}-unit head; "
+                        "rerun taps-ray drafter calibrate on it")
 
 
 def read_drafter(path: str | Path) -> EagleDrafter:

@@ -143,6 +143,19 @@ def test_old_drafters_load_uncalibrated_and_damaged_calibrations_are_refused(tmp
         load_drafter(folder, target)
 
 
+def test_a_context_calibration_of_another_width_is_refused_at_load(tmp_path):
+    target = tiny_target("llama")
+    folder = saved(tmp_path, target)
+    d = target.model.config.hidden_size
+    for width in (d, d + 1):
+        fitted = cal.Calibration("context", trust_weights=(0.1,) * width, trust_default=0.5)
+        confidence.write_calibration(folder, fitted)
+        if width == d:
+            assert cal.calibration_of(load_drafter(folder, target).meta) == fitted
+    with pytest.raises(TapsError, match=f"{d + 1} weights for a {d}-unit head"):
+        load_drafter(folder, target)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prompts", "2"], "--prompts must be >= 4"),
     (["--method", "platt"], "--method 'platt' is unknown"),
