@@ -1,10 +1,11 @@
-"""`taps-ray drafter import|export|calibrate`: drafters in the published EAGLE-1/2 and EAGLE-3
-layouts, and their confidence calibration.
+"""`taps-ray drafter import|export|calibrate|fit-router`: drafters in the published EAGLE-1/2 and
+EAGLE-3 layouts, their confidence calibration and the routing scores of heads routed together.
 
     taps-ray drafter import PATH --target T --out DIR [--name N] [--method eagle2|hass|eagle3]
     taps-ray drafter export DRAFTER --format vllm|sglang --out DIR [--best-config FILE]
     taps-ray drafter calibrate DRAFTER [DRAFTER...] [--prompts N] [--max-new-tokens M]
-                               [--method auto|temperature|isotonic]
+                               [--method auto|temperature|isotonic|context]
+    taps-ray drafter fit-router DRAFTER DRAFTER [...] [--prompts N] [--max-new-tokens M]
 
 Import reads an EAGLE / HASS / TAPS-study / EAGLE-3 checkpoint (or a folder exported below) into
 a taps-ray drafter folder; export writes the folder vLLM or SGLang loads, with a README of launch
@@ -12,6 +13,9 @@ commands (and, for vLLM, a Ray Serve LLM app). The mappings live in taps_ray/mod
 eagle_format.py (EAGLE-1/2) and eagle3_format.py (EAGLE-3).
 Calibrate fits each drafter's node confidence to its real acceptance on held-out replay and
 stores the map in its taps.json, where confidence routing reads it (evaluation/confidence.py).
+Fit-router fits the routing score of heads meant to be routed together on the same held-out
+replay and stores each head's part in its taps.json, where route-learned reads it
+(evaluation/routing_fit.py).
 """
 
 from __future__ import annotations
@@ -64,6 +68,16 @@ def _add_calibrate(actions: argparse._SubParsersAction) -> None:
                      "head's hidden state: learns where the head is overconfident)")
     cal.add_argument("--seed", type=int, default=0, help="draw of the held-out prompts")
     cal.set_defaults(func=run_calibrate)
+    fit = actions.add_parser("fit-router", help="fit the routing score of heads routed together "
+                                                "(stored in taps.json; used by route-learned)")
+    fit.add_argument("drafters", nargs="+", metavar="DRAFTER",
+                     help="two or more drafter folders (one target)")
+    fit.add_argument("--prompts", type=int, default=64,
+                     help="held-out prompts, half MathInstruct, half ShareGPT (default 64)")
+    fit.add_argument("--max-new-tokens", type=int, default=96,
+                     help="greedy continuation length per prompt (default 96)")
+    fit.add_argument("--seed", type=int, default=0, help="draw of the held-out prompts")
+    fit.set_defaults(func=run_fit_router, method="auto")
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -99,21 +113,14 @@ def run_export(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     from taps_ray.config.schema import TreeConfig
     from taps_ray.evaluation import confidence
-    from taps_ray.evaluation.replay import continuations
     from taps_ray.models.drafter import load_drafter
-    from taps_ray.models.target import load_target
 
     metas = _calibrate_checks(args)
-    target = load_target(metas[0].target)
-    excluded = {m.name: confidence.training_ids(m) for m in metas}
-    skip = set().union(*(ids for ids in excluded.values() if ids))
-    records = confidence.heldout_records(args.prompts, args.seed, skip)
-    prompts = continuations(target, records, args.max_new_tokens, progress=True)
+    target, prompts, data = _heldout(args, metas)
     tree = TreeConfig()
-    data = confidence.describe_data(prompts, tree, args.max_new_tokens, args.seed,
-                                    {k: None if v is None else len(v) for k, v in excluded.items()})
     for folder, meta in zip(args.drafters, metas, strict=True):
-        pairs = confidence.collect(target, load_drafter(folder, target), prompts, tree)
+        pairs = confidence.collect(target, load_drafter(folder, target), prompts, tree,
+                                   progress=True)
         fitted = confidence.fit_calibration(pairs, args.method)
         fitted.fitted_on.update(data)
         confidence.write_calibration(folder, fitted)
@@ -123,6 +130,49 @@ def run_calibrate(args: argparse.Namespace) -> int:
               f"{held[fitted.method]['brier']} ({fitted.fitted_on['pairs']['heldout']} nodes); "
               f"wrote {Path(folder) / 'taps.json'}")
     return 0
+
+
+def run_fit_router(args: argparse.Namespace) -> int:
+    from taps_ray.config.schema import TreeConfig
+    from taps_ray.decoding.calibration import calibration_of
+    from taps_ray.evaluation import confidence, routing_fit
+    from taps_ray.models.drafter import load_drafter
+
+    metas = _calibrate_checks(args)
+    if len(args.drafters) < 2:
+        raise TapsError("fit-router needs two or more drafters, the heads routed together")
+    target, prompts, data = _heldout(args, metas)
+    heads = [confidence.collect(target, load_drafter(f, target), prompts, TreeConfig(), True)
+             for f in args.drafters]
+    names = [m.name for m in metas]
+    scores = routing_fit.fit_router(heads, names, [calibration_of(m) for m in metas], data)
+    routing_fit.write_routing_scores(args.drafters, scores)
+    held = scores[0].fitted_on["heldout"]
+    for rule in ("raw confidence", "calibrated confidence", "learned", "oracle"):
+        parts = [f"{source}: {row['accepted_per_position']:.3f} accepted/position, shares "
+                 + ", ".join(f"{n} {100 * v:.1f} %" for n, v in row["shares"].items())
+                 for source, row in held[rule].items()]
+        print(f"held out, {rule}: " + "; ".join(parts))
+    print(f"wrote the routing score (fit {scores[0].fit_id}, ridge {scores[0].fitted_on['l2']}) "
+          f"into {', '.join(str(Path(f) / 'taps.json') for f in args.drafters)}")
+    return 0
+
+
+def _heldout(args: argparse.Namespace, metas: list) -> tuple:
+    """(target, held-out replay prompts, their description) for calibrate and fit-router."""
+    from taps_ray.config.schema import TreeConfig
+    from taps_ray.evaluation import confidence
+    from taps_ray.evaluation.replay import continuations
+    from taps_ray.models.target import load_target
+
+    target = load_target(metas[0].target)
+    excluded = {m.name: confidence.training_ids(m) for m in metas}
+    skip = set().union(*(ids for ids in excluded.values() if ids))
+    records = confidence.heldout_records(args.prompts, args.seed, skip)
+    prompts = continuations(target, records, args.max_new_tokens, progress=True)
+    data = confidence.describe_data(prompts, TreeConfig(), args.max_new_tokens, args.seed,
+                                    {k: None if v is None else len(v) for k, v in excluded.items()})
+    return target, prompts, data
 
 
 def _calibrate_checks(args: argparse.Namespace) -> list:

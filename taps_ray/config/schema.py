@@ -147,7 +147,8 @@ class BenchConfig:
     # set name -> drafter folders ("untrained" = a random head, for smoke runs)
     drafter_sets: dict[str, list[str]] = field(default_factory=dict)
     # labels: single | average | average@W (W = weight of the first of two drafters) |
-    # route-confidence/step|prompt | route-entropy/step|prompt | merged/sum|matched | bandit
+    # route-confidence/step|prompt | route-entropy/step|prompt | route-learned/step|prompt |
+    # merged/sum|matched | bandit
     strategies: list[str] = field(default_factory=lambda: ["single"])
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
     seed: int = 0  # picks the prompt subsets and seeds sampling

@@ -17,6 +17,7 @@ import torch
 from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.calibration import Calibration, session_calibration, session_context
 from taps_ray.decoding.proposer import Session, draft_many
+from taps_ray.decoding.router import RoutingScore, check_fitted_together, session_routing_score
 from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
 
@@ -187,6 +188,28 @@ class RouteConfidence(_Router):
         if known is None or known[0] is not session:  # parsed once per prompt and session
             known = self.calibrations[id(session)] = (session, session_calibration(session))
         return tree_confidence(tree, known[1], session_context(session))
+
+
+@register("route-learned")
+class RouteLearned(_Router):
+    """Each head's tree is scored by the routing score fitted jointly for these heads (stored
+    with each drafter by `taps-ray drafter fit-router`; decoding/router.py): confidence and the
+    head's hidden state, weighed by accepted tokens lost to the best head on held-out replay."""
+
+    def start(self) -> None:
+        super().start()
+        self.scores: dict[int, tuple[Session, RoutingScore]] = {}  # id -> (session, its score)
+
+    def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
+        unseen = any(self.scores.get(id(s), (None,))[0] is not s for s in sessions)
+        if unseen and len(sessions) > 1:  # one head is verified as is: nothing to route
+            fitted = check_fitted_together([session_routing_score(s) for s in sessions])
+            self.scores = {id(s): (s, f) for s, f in zip(sessions, fitted, strict=True)}
+        return super().propose(sessions, tree)
+
+    def metric(self, tree: DraftTree, session: Session) -> float:
+        known = self.scores.get(id(session))
+        return 0.0 if known is None else known[1].score(tree.scores, session_context(session))
 
 
 @register("route-entropy")

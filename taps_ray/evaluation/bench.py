@@ -81,7 +81,7 @@ def candidates_for(strategies: list[str], names: list[str], methods: dict[str, s
         if len(names) < 2:
             raise TapsError(f"strategy '{label}' combines drafters; give its set 2 or more")
         options: dict = {}
-        if name in ("route-confidence", "route-entropy"):
+        if name in ("route-confidence", "route-entropy", "route-learned"):
             options["granularity"] = mode or "step"
         elif name == "merged":
             options["budget"] = mode or "sum"

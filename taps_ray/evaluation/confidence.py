@@ -132,13 +132,18 @@ def node_pairs(session: DrafterSession, item: ReplayPrompt, features: torch.Tens
                  torch.cat(tree_of))
 
 
-def collect(target, drafter, prompts: Sequence[ReplayPrompt], tree: TreeConfig) -> list[Pairs]:
+def collect(target, drafter, prompts: Sequence[ReplayPrompt], tree: TreeConfig,
+            progress: bool = False) -> list[Pairs]:
     """Pairs of every prompt for one drafter (target features cached per prompt, as replay)."""
+    from tqdm import tqdm
+
     from taps_ray.decoding.proposer import make_session
 
     runner = TargetRunner(target.model, aux_layers_for([drafter]))
     session = make_session(drafter, runner.embed, runner.lm_head.weight)
-    return [node_pairs(session, item, teacher_features(runner, item), tree) for item in prompts]
+    items = tqdm(prompts, desc=f"trees of {drafter.meta.name}", unit="prompt",
+                 disable=not progress)
+    return [node_pairs(session, item, teacher_features(runner, item), tree) for item in items]
 
 
 def split(pairs: Sequence[Pairs]) -> tuple[list[Pairs], list[Pairs]]:

@@ -54,7 +54,8 @@ class DrafterMeta:
     aux_layers: list = field(default_factory=list)  # eagle3: the 3 target hidden-state indices
     # fc fuses (HF output_hidden_states index: 0 = embeddings, i = the input of layer i)
     extra: dict = field(default_factory=dict)  # training summary, averaging weights,
-    # confidence_calibration (taps-ray drafter calibrate; absent = raw confidences), ...
+    # confidence_calibration (taps-ray drafter calibrate; absent = raw confidences),
+    # routing_score (taps-ray drafter fit-router: route-learned), ...
 
 
 def decoder_config(target_config: object) -> object:
@@ -236,15 +237,21 @@ def load_drafter(path: str | Path, target: object) -> EagleDrafter:
 
 
 def _check_calibration_fits(meta: DrafterMeta, hidden_size: int, path: Path) -> None:
-    """A context calibration reads the head's hidden state: its weights must match it (found
-    at load, not mid-routing)."""
+    """A context calibration and a routing score read the head's hidden state: their weights
+    must match it (found at load, not mid-routing)."""
     from taps_ray.decoding.calibration import calibration_of
+    from taps_ray.decoding.router import routing_score_of
 
     calibration = calibration_of(meta)
     if calibration.method == "context" and len(calibration.trust_weights) != hidden_size:
         raise TapsError(f"drafter '{path}' has a context calibration of "
                         f"{len(calibration.trust_weights)} weights for a {hidden_size}-unit head; "
                         "rerun taps-ray drafter calibrate on it")
+    routing = routing_score_of(meta)
+    if routing is not None and len(routing.weights) != hidden_size:
+        raise TapsError(f"drafter '{path}' has a routing score of {len(routing.weights)} "
+                        f"weights for a {hidden_size}-unit head; rerun taps-ray drafter "
+                        "fit-router on the heads it is routed with")
 
 
 def read_drafter(path: str | Path) -> EagleDrafter:
@@ -380,6 +387,7 @@ def check_compatible(config: object, meta: DrafterMeta, target: object, path: Pa
 
 def _read_meta(path: Path) -> DrafterMeta:
     from taps_ray.decoding.calibration import calibration_of
+    from taps_ray.decoding.router import routing_score_of
 
     try:
         meta = DrafterMeta(**json.loads(path.read_text()))
@@ -392,6 +400,11 @@ def _read_meta(path: Path) -> DrafterMeta:
     except TapsError as err:
         raise TapsError(f"drafter metadata '{path}' has a damaged confidence calibration "
                         f"({err}); rerun taps-ray drafter calibrate") from None
+    try:
+        routing_score_of(meta)
+    except TapsError as err:
+        raise TapsError(f"drafter metadata '{path}' has a damaged routing score ({err}); rerun "
+                        "taps-ray drafter fit-router") from None
     return meta
 
 

@@ -18,7 +18,8 @@ from taps_ray.config.schema import TreeConfig
 from taps_ray.errors import TapsError
 from taps_ray.speed.profile import CostProfile
 
-STRATEGIES = ("single", "average", "route-confidence", "route-entropy", "merged", "bandit")
+STRATEGIES = ("single", "average", "route-confidence", "route-entropy", "route-learned", "merged",
+              "bandit")
 
 
 def plain_tokens_per_s(profile: CostProfile) -> float:

@@ -19,6 +19,8 @@ from taps_ray.decoding.adaptive import AdaptivePolicy
 from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
 from taps_ray.decoding.prompt_lookup import PromptLookupDrafter
 from taps_ray.decoding.proposer import DrafterSession, draft_many
+from taps_ray.decoding.router import META_KEY as ROUTER_KEY
+from taps_ray.decoding.router import RoutingScore
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import make_strategy, strategy_names
 from taps_ray.decoding.tree import DraftTree, merge_trees
@@ -69,6 +71,8 @@ CASES = {
     "average": Case("average"),
     "route-confidence-step": Case("route-confidence", {"granularity": "step"}),
     "route-confidence-prompt": Case("route-confidence", {"granularity": "prompt"}),
+    "route-learned-step": Case("route-learned", {"granularity": "step"}),
+    "route-learned-prompt": Case("route-learned", {"granularity": "prompt"}),
     "route-entropy-step": Case("route-entropy", {"granularity": "step"}),
     "route-entropy-prompt": Case("route-entropy", {"granularity": "prompt"}),
     "merged-sum": Case("merged", {"budget": "sum"}, greedy_tau=3.0),
@@ -87,9 +91,23 @@ COMBINED = [k for k, c in CASES.items() if c.drafters in ("pair", "weak-first")]
 
 def drafter_set(case: Case, target, noises: tuple[float, float]) -> list:
     good, weak = (oracle_drafter(target, n, seed=s) for s, n in enumerate(noises, 1))
+    if case.strategy == "route-learned":
+        hidden_sign_router(good, weak)
     return {"pair": [good, weak], "weak-first": [weak, good], "one": [good],
             "lookup": [PromptLookupDrafter()],
             "lookup+oracle": [weak, PromptLookupDrafter(num_candidates=2)]}[case.drafters]
+
+
+def hidden_sign_router(*heads) -> None:
+    """Routing scores fitted-together in form, set by hand: head k wins where unit 0 of its
+    hidden state has sign (-1)^k, so both heads are verified on every prompt (the fitted
+    scores are tested in test_router.py; here only losslessness matters)."""
+    names = tuple(h.meta.name for h in heads)
+    d = heads[0].fc.weight.shape[0]
+    for k, head in enumerate(heads):
+        weights = ((-1.0) ** k * 20.0,) + (0.0,) * (d - 1)
+        head.meta.extra[ROUTER_KEY] = RoutingScore("by-hand", names, 0.0, 1.0,
+                                                   weights).to_dict()
 
 
 def policy_for(case: Case):
@@ -111,6 +129,8 @@ def check_paths(case: Case, results, tree: TreeConfig) -> None:
     if case.strategy == "bandit":  # starts on the weak head, must move to the good one
         counts = [sum(s.route == i for s in steps) for i in (0, 1)]
         assert counts[0] > 0 and counts[1] > counts[0], f"bandit routes {counts}"
+    if case.strategy == "route-learned" and case.options["granularity"] == "step":
+        assert {s.route for s in steps} == {0, 1}  # the hidden states decided, both ways
     if case.policy == "cut":
         assert min(s.verify_tokens for s in steps) < tree.total_tokens + 1
     if case.policy == "fallback":
@@ -132,7 +152,7 @@ def run(target, drafters, strategy, options, prompt, max_new=30, tree=TREE):
 
 def test_registry_lists_every_strategy():
     assert set(strategy_names()) >= {"single", "average", "route-confidence", "route-entropy",
-                                     "merged", "bandit"}
+                                     "route-learned", "merged", "bandit"}
 
 
 # --- merged trees as a trie -------------------------------------------------------------------
@@ -247,11 +267,13 @@ def test_greedy_equals_plain_decoding_with_accepted_drafters(name):
     check_paths(case, results, GREEDY_TREE)
 
 
-@pytest.mark.parametrize("name", [k for k in COMBINED if k != "average"])
+@pytest.mark.parametrize("name", [k for k in COMBINED
+                                  if k != "average" and CASES[k].strategy != "route-learned"])
 def test_greedy_equals_plain_decoding_with_specialists(name, specialists):
     """Two heads over-fitted on disjoint prompt sets of a 2-layer target: each is accepted on
     its own prompts only, so routing must pick per prompt (or step) to reach tau >= 2. (Their
-    weight average is accepted on neither set, tau ~1.2: `average` is covered by the oracles.)"""
+    weight average is accepted on neither set, tau ~1.2: `average` is covered by the oracles;
+    route-learned by test_router.py, with routing scores fitted on these specialists.)"""
     case = CASES[name]
     target, heads, own_a, own_b = specialists
     engine = SpeculativeEngine(target, heads, GREEDY_TREE, case.strategy, **case.options)
