@@ -1,8 +1,9 @@
 """Summarise confidence routing before/after calibration (issue 18, deliverable 4).
 
-Reads the rows of `taps-ray bench experiments/bench_routing_calibration.yaml` and the two
-calibrated drafters' taps.json; writes summary.json (routing shares, pooled tau, the
-calibrations' held-out metrics) and prints the Markdown table of docs/results.md.
+Reads the rows of `taps-ray bench experiments/bench_routing_calibration.yaml` (or of the
+self-distilled pair's routing runs) and the drafters' taps.json; writes summary.json (routing
+shares, pooled tau, the calibrations' and routing scores' held-out metrics) and prints the
+Markdown table of docs/results.md.
 
     python benchmarks/routing_calibration.py [--rows DIR] [--drafters DIR...] [--out FILE]
 """
@@ -47,6 +48,10 @@ def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
     for cal in out["calibrations"].values():  # the map itself lives in the drafter's taps.json
         for key in ("x", "y", "trust_weights"):
             cal.pop(key, None)
+    out["routing_scores"] = {  # route-learned's joint fits (weights stay in taps.json)
+        f"{folder}/{name}": {k: v for k, v in score.items() if k != "weights"}
+        for folder in drafters_dirs for name in FOLDERS
+        if (score := read_meta(Path(folder) / name).extra.get("routing_score"))}
     return out
 
 

@@ -100,9 +100,9 @@ def routing_score_of(meta: object) -> RoutingScore | None:
     return None if raw is None else RoutingScore.from_dict(raw)
 
 
-def session_routing_score(session: object) -> tuple[str, RoutingScore | None]:
-    """(drafter name, its routing score) of the drafter a session runs."""
-    meta = getattr(getattr(session, "drafter", None), "meta", None)
+def drafter_routing_score(drafter: object) -> tuple[str, RoutingScore | None]:
+    """(name, routing score) of a drafter (a session's `drafter`; '?' and None without meta)."""
+    meta = getattr(drafter, "meta", None)
     return str(getattr(meta, "name", "") or "?"), routing_score_of(meta)
 
 

@@ -17,7 +17,7 @@ import torch
 from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.calibration import Calibration, session_calibration, session_context
 from taps_ray.decoding.proposer import Session, draft_many
-from taps_ray.decoding.router import RoutingScore, check_fitted_together, session_routing_score
+from taps_ray.decoding.router import RoutingScore, check_fitted_together, drafter_routing_score
 from taps_ray.decoding.tree import DraftTree, merge_trees
 from taps_ray.errors import TapsError
 
@@ -33,6 +33,7 @@ class Strategy:
     """Base: subclasses implement `propose`; `observe` is optional feedback."""
 
     name = "base"
+    reads_hidden_states = False  # True: needs each session's drafter and hidden state in process
 
     def __init__(self, num_drafters: int, **options: object):
         self.num_drafters = num_drafters
@@ -196,6 +197,15 @@ class RouteLearned(_Router):
     with each drafter by `taps-ray drafter fit-router`; decoding/router.py): confidence and the
     head's hidden state, weighed by accepted tokens lost to the best head on held-out replay."""
 
+    reads_hidden_states = True  # drafter actors do not return them (distributed/actors.py)
+
+    @classmethod
+    def prepare_drafters(cls, drafters: list, **options: object) -> list:
+        """Heads not fitted together fail when the engine is built, not at the first step."""
+        if len(drafters) > 1:
+            check_fitted_together([drafter_routing_score(d) for d in drafters])
+        return drafters
+
     def start(self) -> None:
         super().start()
         self.scores: dict[int, tuple[Session, RoutingScore]] = {}  # id -> (session, its score)
@@ -203,7 +213,8 @@ class RouteLearned(_Router):
     def propose(self, sessions: Sequence[Session], tree: TreeConfig) -> Proposal:
         unseen = any(self.scores.get(id(s), (None,))[0] is not s for s in sessions)
         if unseen and len(sessions) > 1:  # one head is verified as is: nothing to route
-            fitted = check_fitted_together([session_routing_score(s) for s in sessions])
+            fitted = check_fitted_together([drafter_routing_score(getattr(s, "drafter", None))
+                                            for s in sessions])
             self.scores = {id(s): (s, f) for s, f in zip(sessions, fitted, strict=True)}
         return super().propose(sessions, tree)
 

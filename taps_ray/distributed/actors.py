@@ -158,6 +158,16 @@ class RemoteSession:
         return ray.get(pending)
 
 
+def remote_strategy_class(strategy: str, options: dict) -> type[Strategy]:
+    """The strategy's class, refused if it needs what drafter actors do not return."""
+    kind = strategy_class(strategy, options)
+    if kind.reads_hidden_states:
+        raise TapsError(f"strategy '{strategy}' reads each head's hidden state, which drafter "
+                        "actors do not return; use route-confidence here, or route-learned "
+                        "with the in-process engine (generate, bench, serve)")
+    return kind
+
+
 class ActorEngine:
     """SpeculativeEngine's interface (`generate`, `stream`) over a TargetActor and DrafterActors.
 
@@ -168,7 +178,7 @@ class ActorEngine:
 
     def __init__(self, target_actor, drafter_actors: list, tree: TreeConfig,
                  strategy: str = "single", **strategy_options: object):
-        kind = strategy_class(strategy, strategy_options)
+        kind = remote_strategy_class(strategy, strategy_options)
         self.target = target_actor
         self.drafters = list(drafter_actors)
         self.strategy: Strategy = kind(len(self.drafters), **strategy_options)
@@ -182,7 +192,7 @@ class ActorEngine:
                torch_threads: int = 0, **strategy_options: object) -> ActorEngine:
         """Start the actors. `target`: a Target or its name; `drafters`: EagleDrafters, folders
         or "untrained[:seed]"; *_options: Ray actor options (num_gpus, resources, ...)."""
-        kind = strategy_class(strategy, strategy_options)
+        kind = remote_strategy_class(strategy, strategy_options)
         if kind.prepare_drafters.__func__ is not Strategy.prepare_drafters.__func__:  # averaging
             if any(isinstance(d, str) for d in drafters):
                 raise TapsError(f"strategy '{strategy}' combines drafter weights; pass loaded "

@@ -177,11 +177,17 @@ def test_learned_routing_in_replay_equals_live(routed_specialists):
         assert walked.committed == [s.committed for s in live.steps]
 
 
-def test_route_learned_refuses_heads_without_a_joint_fit(specialists):
+def test_route_learned_refuses_heads_without_a_joint_fit_when_the_engine_is_built(
+        specialists, routed_specialists):
     target, heads, own_a, _ = specialists
-    engine = SpeculativeEngine(target, heads, TREE, "route-learned")
     with pytest.raises(TapsError, match="no routing score for route-learned"):
-        engine.generate(own_a[0], GREEDY, 8, stop_token_ids=set())
+        SpeculativeEngine(target, heads, TREE, "route-learned")
+    fitted = routed_specialists[1]
+    with pytest.raises(TapsError, match="not fitted together"):  # one fitted, one a stranger
+        SpeculativeEngine(target, [fitted[0], copy.deepcopy(fitted[0])], TREE, "route-learned")
+    alone = SpeculativeEngine(target, heads[:1], TREE, "route-learned")  # one head: no routing
+    assert alone.generate(own_a[0], GREEDY, 8, stop_token_ids=set()).tokens == \
+        generate_plain(target, own_a[0], GREEDY, 8, set()).tokens
 
 
 def test_damaged_or_mismatched_routing_scores_are_refused_at_load(tmp_path):

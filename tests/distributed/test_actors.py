@@ -9,6 +9,7 @@ from taps_ray.config.schema import TreeConfig
 from taps_ray.decoding.engine import SpeculativeEngine
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.distributed.actors import ActorEngine
+from taps_ray.errors import TapsError
 from taps_ray.models.drafter import untrained_drafter
 from tests.tiny import tiny_target
 
@@ -55,3 +56,11 @@ def test_stream_chunks_add_up_to_generate(setup):
     assert sum(len(c.tokens) for c in chunks) == 12
     assert [t for c in chunks for t in c.tokens] == remote.generate(PROMPT, SamplingParams(),
                                                                      12).tokens
+
+
+def test_strategies_that_read_hidden_states_are_refused_for_drafter_actors():
+    from taps_ray.distributed.actors import remote_strategy_class
+
+    assert remote_strategy_class("route-confidence", {"granularity": "prompt"}) is not None
+    with pytest.raises(TapsError, match="route-learned.*hidden state.*in-process engine"):
+        remote_strategy_class("route-learned", {})
