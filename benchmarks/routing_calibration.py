@@ -41,6 +41,7 @@ def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
                          ("prompt_share_to_home", "prompt_share")):
             value = float(home[col].iloc[0]) if len(home) else 0.0
             out[key].setdefault(label, {})[bench] = round(value, 4)
+    out["mt_bench_by_category"] = by_category(rows, chat)
     out["calibrations"] = {
         f"{folder}/{name}": read_meta(Path(folder) / name).extra.get("confidence_calibration", {})
         for folder in drafters_dirs for name in FOLDERS
@@ -55,19 +56,61 @@ def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
     return out
 
 
-def table(s: dict) -> str:
-    head = ("| drafters | strategy | MT-Bench steps to chat | GSM8K steps to math | "
+def by_category(rows, chat: str) -> dict:
+    """Per routed label: the share of MT-Bench steps sent to `chat`, by the prompt's category
+    (MT-Bench holds math, reasoning and coding prompts where a chat head need not be the better
+    one) and over every category but math."""
+    from taps_ray.data.registry import load_records
+
+    category = {r.id: r.category for r in load_records("mt_bench")}
+    out: dict = {}
+    mt = rows[rows["benchmark"] == "mt_bench"]
+    for label, group in mt.groupby("strategy"):
+        if not label.startswith(("route", "bandit")):  # one head, an average or a merged tree
+            continue
+        counts: dict[str, list[int]] = {}
+        for prompt_id, raw in zip(group["prompt_id"], group["route_counts"], strict=True):
+            steps = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+            seen = counts.setdefault(category[prompt_id], [0, 0])
+            seen[0] += steps.get(chat, 0)
+            seen[1] += sum(steps.values())
+        not_math = [sum(v[i] for c, v in counts.items() if c != "math") for i in (0, 1)]
+        out[label] = {"by_category": {c: {"steps": v[1], "to_chat": round(v[0] / v[1], 4)}
+                                      for c, v in sorted(counts.items())},
+                      "all_but_math": round(not_math[0] / max(not_math[1], 1), 4)}
+    return out
+
+
+def table(s: dict, source: str) -> str:
+    """The Markdown table of docs/results.md, one row per label of summary.json (strategy and,
+    in brackets, its drafter set; tests/test_docs_figures.py checks it against `source`)."""
+    head = ("| strategy (drafters) | MT-Bench steps to chat | GSM8K steps to math | "
             "MATH-500 to math | SVAMP to math | tau MT-Bench | GSM8K | MATH-500 | SVAMP | mean |")
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 10]
     for label, tau in s["tau"].items():
         shares = s["step_share_to_home"].get(label)
         cells = [f"{100 * shares[b]:.1f} %" if b in shares else "-" for b in BENCHES] \
             if shares else ["-"] * 4
-        name, _, rest = label.partition(" (")
         taus = [f"{tau[b]:.2f}" if b in tau else "-" for b in [*BENCHES, "mean"]]
-        lines.append(f"| {rest.rstrip(')') or '-'} | {name} | " + " | ".join(cells) + " | "
-                     + " | ".join(taus) + " |")
-    return "\n".join(lines)
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(taus) + " |")
+    return "\n".join([*lines, "", f"Source: `{source}` (`python benchmarks/routing_calibration.py`)"])
+
+
+def heldout_table(s: dict, math: str, chat: str, source: str) -> str:
+    """The held-out figures of the routing score fitted for `math` and `chat` (as stored with
+    the fit): per rule, the positions sent to each domain's head and the tokens accepted."""
+    fits = [v for v in s.get("routing_scores", {}).values() if v["heads"] == [math, chat]]
+    if not fits:
+        return ""
+    held = fits[0]["fitted_on"]["heldout"]
+    lines = [f"| rule | MathInstruct: to {math} | MathInstruct: accepted / position | "
+             f"ShareGPT: to {chat} | ShareGPT: accepted / position |", "|" + " --- |" * 5]
+    for rule, row in held.items():
+        m, c = row["mathinstruct"], row["sharegpt"]
+        lines.append(f"| {rule} | {100 * m['shares'][math]:.1f} % | "
+                     f"{m['accepted_per_position']:.3f} | {100 * c['shares'][chat]:.1f} % | "
+                     f"{c['accepted_per_position']:.3f} |")
+    return "\n".join([*lines, "", f"Source: `{source}` (`python benchmarks/routing_calibration.py`)"])
 
 
 def main() -> None:
@@ -81,7 +124,10 @@ def main() -> None:
     args = parser.parse_args()
     s = summary(args.rows, args.drafters, args.math, args.chat)
     Path(args.out).write_text(json.dumps(s, indent=2) + "\n")
-    print(table(s))
+    print(table(s, args.out))
+    held = heldout_table(s, args.math, args.chat, args.out)
+    if held:
+        print("\n" + held)
 
 
 if __name__ == "__main__":

@@ -114,13 +114,37 @@ def calibration_study(path: Path):
     return lookup
 
 
+def routing_summary(path: Path):
+    """benchmarks/routing_calibration.py's summary: per label (strategy and drafter set) the
+    share of steps sent to each benchmark's own head and the pooled tau."""
+    data = json.loads(path.read_text())
+    fits = list(data.get("routing_scores", {}).values())
+
+    def lookup(row: str, col: str) -> list[float]:
+        if ": " in col:  # "ShareGPT: to chat-head": the routing score's held-out figures
+            source, _, what = col.partition(": ")
+            held = fits[0]["fitted_on"]["heldout"][row][source.lower()]
+            if what.startswith("to "):
+                return [100 * held["shares"][what[3:]]]
+            return [held["accepted_per_position"]]
+        if " to " in col:  # "GSM8K steps to math": a routed label's step share
+            shares = data["step_share_to_home"].get(row) or {}
+            bench = BENCHMARKS[col.split(" ")[0]]
+            return [100 * shares[bench]] if bench in shares else []
+        return [data["tau"][row][BENCHMARKS[col.removeprefix("tau ")]]]
+
+    return lookup
+
+
 DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live,  # tables in docs/
                "docs/results/replay-equals-live-60-5-10.json": replay_equals_live,
                "docs/results/learning-curve/summary.json": learning_curve,
                "docs/results/routing-calibration/calibration-study-quickstart.json":
                    calibration_study,
                "docs/results/routing-calibration/calibration-study-selfdistill.json":
-                   calibration_study}
+                   calibration_study,
+               "docs/results/routing-calibration/summary.json": routing_summary,
+               "docs/results/study-selfdistill/routing-summary.json": routing_summary}
 READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
            "docs/bench/speed-choice.json": speed_choice, **DOC_READERS}
 
