@@ -56,6 +56,10 @@ def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
     return out
 
 
+def source_line(source: str) -> str:
+    return f"Source: `{source}` (`python benchmarks/routing_calibration.py`)"
+
+
 def by_category(rows, chat: str) -> dict:
     """Per routed label: the share of MT-Bench steps sent to `chat`, by the prompt's category
     (MT-Bench holds math, reasoning and coding prompts where a chat head need not be the better
@@ -93,7 +97,7 @@ def table(s: dict, source: str) -> str:
             if shares else ["-"] * 4
         taus = [f"{tau[b]:.2f}" if b in tau else "-" for b in [*BENCHES, "mean"]]
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(taus) + " |")
-    return "\n".join([*lines, "", f"Source: `{source}` (`python benchmarks/routing_calibration.py`)"])
+    return "\n".join([*lines, "", source_line(source)])
 
 
 def heldout_table(s: dict, math: str, chat: str, source: str) -> str:
@@ -110,7 +114,7 @@ def heldout_table(s: dict, math: str, chat: str, source: str) -> str:
         lines.append(f"| {rule} | {100 * m['shares'][math]:.1f} % | "
                      f"{m['accepted_per_position']:.3f} | {100 * c['shares'][chat]:.1f} % | "
                      f"{c['accepted_per_position']:.3f} |")
-    return "\n".join([*lines, "", f"Source: `{source}` (`python benchmarks/routing_calibration.py`)"])
+    return "\n".join([*lines, "", source_line(source)])
 
 
 def main() -> None:
