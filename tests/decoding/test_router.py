@@ -215,3 +215,24 @@ def test_damaged_or_mismatched_routing_scores_are_refused_at_load(tmp_path):
     (folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(TapsError, match="damaged routing score"):
         load_drafter(folder, target)
+
+
+def test_an_eagle3_and_an_eagle2_head_are_fitted_and_routed_together_losslessly():
+    from taps_ray.models.drafter import untrained_drafter
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    heads = [untrained_drafter(target, seed=1, layout="eagle3"), untrained_drafter(target, seed=2)]
+    heads[0].meta.name, heads[1].meta.name = "head-eagle3", "head-eagle2"
+    prompts = [torch.randint(0, 32, (6 + k,), generator=torch.Generator().manual_seed(k)).tolist()
+               for k in range(4)]
+    items = [item for k, p in enumerate(prompts)
+             for item in replay_items(target, [p], ("a", "b")[k % 2])]
+    scores = routing_fit.fit_router([confidence.collect(target, h, items, TREE) for h in heads],
+                                    [h.meta.name for h in heads])
+    for h, s in zip(heads, scores, strict=True):
+        h.meta.extra[router.META_KEY] = s.to_dict()
+    engine = SpeculativeEngine(target, heads, TREE, "route-learned")
+    for prompt in prompts[:2]:
+        got = engine.generate(prompt, GREEDY, 20, stop_token_ids=set())
+        assert got.tokens == generate_plain(target, prompt, GREEDY, 20, set()).tokens
