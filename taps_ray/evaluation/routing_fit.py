@@ -23,7 +23,7 @@ import torch
 from taps_ray.decoding import calibration as cal
 from taps_ray.decoding.router import RoutingScore
 from taps_ray.errors import TapsError
-from taps_ray.evaluation.confidence import Pairs, split
+from taps_ray.evaluation.confidence import Pairs, predict, split
 
 L2S = (1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths tried (standardised hidden units)
 
@@ -55,8 +55,6 @@ def positions(heads: Sequence[Sequence[Pairs]],
         conf.append(torch.stack([_per_tree(p, p.scores.exp(), n, "mean").clamp_min(1e-13).log()
                                  for p in prompt], 1))
         if calibrations is not None:
-            from taps_ray.evaluation.confidence import predict
-
             calibrated.append(torch.stack([_per_tree(p, predict(c, [p]), n, "mean")
                                            for p, c in zip(prompt, calibrations, strict=True)],
                                           1))
@@ -114,13 +112,6 @@ def fit(table: Positions, l2: float, max_iter: int = 300) -> Fitted:
                       [r.detach().clone() for r in raw])
 
 
-def subset(table: Positions, keep: torch.Tensor) -> Positions:
-    idx = keep.nonzero().squeeze(1)
-    return Positions(table.accepted[idx], table.log_confidence[idx],
-                     [h[idx] for h in table.hidden], [table.sources[i] for i in idx.tolist()],
-                     None if table.calibrated is None else table.calibrated[idx])
-
-
 def evaluate(table: Positions, pick: torch.Tensor, names: Sequence[str]) -> dict:
     """Per source: share of positions routed to each head, and accepted tokens per position."""
     out = {}
@@ -137,10 +128,9 @@ def evaluate(table: Positions, pick: torch.Tensor, names: Sequence[str]) -> dict
     return out
 
 
-def rules(table: Positions, fitted: Fitted) -> dict[str, torch.Tensor]:
+def rules(table: Positions, fitted: Fitted, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Each routing rule's pick [T] (argmax; ties to the lower index, as the strategies)."""
-    k_heads = table.accepted.shape[1]
-    picks = {f"single {k}": torch.full((len(table.sources),), k) for k in range(k_heads)}
+    picks = {f"single {n}": torch.full((len(table.sources),), k) for k, n in enumerate(names)}
     picks["raw confidence"] = _argmax(table.log_confidence)
     if table.calibrated is not None:
         picks["calibrated confidence"] = _argmax(table.calibrated)
@@ -159,25 +149,16 @@ def _mean_accepted(table: Positions, fitted: Fitted) -> float:
     return float(table.accepted.gather(1, _argmax(fitted.scores(table))[:, None]).mean())
 
 
-def choose_l2(table: Positions, prompt_of: torch.Tensor, sources: list[str]) -> tuple[float, dict]:
-    """The ridge with the most accepted tokens on alternate prompts of the fit half."""
-    inner = _alternate(prompt_of, sources)
-    if inner.all() or not inner.any():
+def choose_l2(heads: Sequence[Sequence[Pairs]]) -> tuple[float, dict]:
+    """The ridge with the most accepted tokens held out within `heads` (the fit half's
+    per-prompt pairs), split again into alternate prompts per source."""
+    parts = [split(h) for h in heads]
+    if not parts[0][1]:  # one prompt per source: nothing to choose on, the strongest ridge
         return max(L2S), {}
-    fit_part, held = subset(table, inner), subset(table, ~inner)
+    fit_part, held = positions([p[0] for p in parts]), positions([p[1] for p in parts])
     scored = {l2: _mean_accepted(held, fit(fit_part, l2)) for l2 in L2S}
     best = max(L2S, key=lambda l2: (scored[l2], l2))  # ties: the stronger ridge
     return best, {str(k): round(v, 4) for k, v in scored.items()}
-
-
-def _alternate(prompt_of: torch.Tensor, sources: list[str]) -> torch.Tensor:
-    """[T] True for positions of even-ranked prompts of their source (as confidence.split)."""
-    rank: dict[int, int] = {}
-    seen: dict[str, int] = {}
-    for i, p in enumerate(prompt_of.tolist()):
-        if p not in rank:
-            rank[p] = seen[sources[i]] = seen.get(sources[i], -1) + 1
-    return torch.tensor([rank[p] % 2 == 0 for p in prompt_of.tolist()])
 
 
 def fit_router(heads: Sequence[Sequence[Pairs]], names: Sequence[str],
@@ -196,12 +177,10 @@ def fit_router(heads: Sequence[Sequence[Pairs]], names: Sequence[str],
     if not len(fit_table.sources) or not len(held_table.sources):
         raise TapsError("too few positions to fit and score a router; raise --prompts or "
                         "--max-new-tokens")
-    prompt_of = torch.cat([torch.full((p.contexts.shape[0],), i)
-                           for i, p in enumerate(fit_heads[0])])
-    l2, inner = choose_l2(fit_table, prompt_of, fit_table.sources)
+    l2, inner = choose_l2(fit_heads)
     fitted = fit(fit_table, l2)
-    heldout = {_rule_name(rule, names): evaluate(held_table, pick, names)
-               for rule, pick in rules(held_table, fitted).items()}
+    heldout = {rule: evaluate(held_table, pick, names)
+               for rule, pick in rules(held_table, fitted, names).items()}
     about = {**(data or {}), "l2": l2, "l2_inner_accepted_per_position": inner,
              "positions": {"fit": len(fit_table.sources), "heldout": len(held_table.sources)},
              "prompts": {"fit": len(fit_heads[0]), "heldout": len(held_heads[0])},
@@ -213,11 +192,6 @@ def fit_router(heads: Sequence[Sequence[Pairs]], names: Sequence[str],
                          float(fitted.confidence_weight[k]),
                          tuple(float(v) for v in fitted.weights[k]), about)
             for k in range(len(names))]
-
-
-def _rule_name(rule: str, names: Sequence[str]) -> str:
-    head, _, k = rule.partition(" ")
-    return f"single {names[int(k)]}" if head == "single" and k.isdigit() else rule
 
 
 def write_routing_scores(folders: Sequence[str], scores: Sequence[RoutingScore]) -> None:

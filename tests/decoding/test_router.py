@@ -50,7 +50,7 @@ def two_domain_table(positions: int = 4000, d: int = 6, seed: int = 0) -> routin
 def test_fitted_router_sends_each_domain_to_its_head_where_raw_confidence_does_not():
     fit_table, held = two_domain_table(seed=0), two_domain_table(seed=1)
     fitted = routing_fit.fit(fit_table, l2=1e-2)
-    picks = routing_fit.rules(held, fitted)
+    picks = routing_fit.rules(held, fitted, ["A", "B"])
     result = {rule: routing_fit.evaluate(held, pick, ["A", "B"]) for rule, pick in picks.items()}
     learned, raw = result["learned"], result["raw confidence"]
     assert learned["a"]["shares"]["A"] > 0.95 and learned["b"]["shares"]["B"] > 0.95
