@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from taps_ray.decoding.features import final_features, with_aux
-from taps_ray.decoding.kv import additive_mask
+from taps_ray.decoding.kv import additive_mask, cache_argument
 
 
 class BatchedRunner:
@@ -30,6 +30,7 @@ class BatchedRunner:
         self.model = model
         self.aux_layers = tuple(aux_layers)  # hidden-state indices appended to feature rows
         self.base = model.get_decoder()
+        self.cache_arg = cache_argument(self.base)
         self.lm_head = model.get_output_embeddings()
         self.hidden_size = self.lm_head.weight.shape[1]  # d: the final state's width
         self.dtype = next(model.parameters()).dtype
@@ -133,7 +134,7 @@ class BatchedRunner:
             input_ids=ids,
             position_ids=pos,
             attention_mask=mask,
-            past_key_values=self.cache,
+            **{self.cache_arg: self.cache},
             use_cache=True,
             output_hidden_states=bool(self.aux_layers),
         )

@@ -6,6 +6,8 @@ transformers passes 4-D masks through unchanged to both the eager and SDPA atten
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -65,3 +67,14 @@ def crop_cache(cache: object, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
+
+
+def cache_argument(module: torch.nn.Module) -> str:
+    """The keyword `module.forward` takes its KV cache under: `cache` in current transformers
+    (where `past_key_values` is deprecated, to be removed in 5.40), else `past_key_values` or
+    `past_key_value` (older releases). Looked up once per module, not per step."""
+    params = inspect.signature(module.forward).parameters
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if name in params:
+            return name
+    raise TypeError(f"{type(module).__name__}.forward takes no KV cache argument")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from taps_ray.decoding.features import final_features, with_aux
-from taps_ray.decoding.kv import causal_mask, compact_cache, prefix_tree_mask
+from taps_ray.decoding.kv import cache_argument, causal_mask, compact_cache, prefix_tree_mask
 
 
 class TargetRunner:
@@ -23,6 +23,7 @@ class TargetRunner:
         self.model = model
         self.aux_layers = tuple(aux_layers)  # hidden-state indices appended to each feature row
         self.base = model.get_decoder()  # the transformer without the LM head
+        self.cache_arg = cache_argument(self.base)
         self.lm_head = model.get_output_embeddings()
         self.hidden_size = self.lm_head.weight.shape[1]  # d: the final state's width
         self.embed = model.get_input_embeddings()
@@ -84,7 +85,7 @@ class TargetRunner:
             input_ids=ids[None],
             position_ids=pos[None],
             attention_mask=mask,
-            past_key_values=self.cache,
+            **{self.cache_arg: self.cache},
             use_cache=True,
             output_hidden_states=bool(self.aux_layers),
         )

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taps_ray.decoding.kv import cache_argument
 from taps_ray.errors import TapsError
 
 _FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
@@ -99,6 +100,7 @@ class EagleDrafter(nn.Module):
         self.layout = layout
         self.fc = nn.Linear(2 * hidden, hidden, bias=True)
         self.decoder = AutoModel.from_config(decoder_config(target_config))
+        self.cache_arg = cache_argument(self.decoder)
         if layout == "eagle":
             _drop_published_norms(self.decoder)
         # [N] long: draft-vocab index -> target token id (None: full vocabulary)
@@ -121,8 +123,8 @@ class EagleDrafter(nn.Module):
             inputs_embeds=hidden,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=past_key_values is not None,
+            **{self.cache_arg: past_key_values},
         )
         return out.last_hidden_state
 

@@ -25,7 +25,7 @@ import copy
 import torch
 from torch import nn
 
-from taps_ray.decoding.kv import causal_mask
+from taps_ray.decoding.kv import cache_argument, causal_mask
 from taps_ray.errors import TapsError
 from taps_ray.models.drafter import decoder_config
 
@@ -74,6 +74,7 @@ class Eagle3Drafter(nn.Module):
         decoder = AutoModel.from_config(decoder_config(target_config))
         self.midlayer = decoder.layers[0]
         attn = self.midlayer.self_attn
+        self.cache_arg = cache_argument(attn)
         for name in ("q_proj", "k_proj", "v_proj"):  # attention reads cat(embed, hidden): 2d
             old = getattr(attn, name)
             setattr(attn, name, nn.Linear(2 * hidden, old.out_features, bias=old.bias is not None))
@@ -118,7 +119,7 @@ class Eagle3Drafter(nn.Module):
             hidden_states=x,
             position_embeddings=self.rotary_emb(hidden, position_ids),
             attention_mask=attention_mask,
-            cache=past_key_values,
+            **{self.cache_arg: past_key_values},
         )
         h = hidden + attn
         return h + layer.mlp(layer.post_attention_layernorm(h))
