@@ -1,7 +1,8 @@
 """The Serve app on loopback, driven by the official `openai` client, on the real default target.
 
 Serve starts once for the module with four apps: `open` at / (two untrained drafters saved to a
-tmp folder, route-confidence, the default adaptive speed policy, continuous batching), `secured`
+tmp folder with a joint routing score, route-confidence by default and route-learned per request,
+the default adaptive speed policy, continuous batching), `secured`
 at /secured (a best configuration that chose plain decoding, API key from an env var), `tight`
 (a batch of one and a queue of one: the replica itself answers 503) and `tight-off` (one request
 at a time, Serve's queue limit answers 503). Greedy output through the service must equal plain
@@ -26,7 +27,9 @@ from taps_ray.config.schema import TreeConfig
 from taps_ray.data.records import Message
 from taps_ray.data.render import render_prompt
 from taps_ray.decoding.engine import generate_plain
+from taps_ray.decoding.router import RoutingScore
 from taps_ray.decoding.sampling import SamplingParams
+from taps_ray.evaluation.routing_fit import write_routing_scores
 from taps_ray.models.drafter import save_drafter, untrained_drafter
 
 openai = pytest.importorskip("openai")
@@ -57,6 +60,12 @@ def drafter_dirs(target, tmp_path_factory):
         drafter = untrained_drafter(target, seed)
         meta = dataclasses.replace(drafter.meta, name=name)
         paths.append(str(save_drafter(drafter, root / name, meta)))
+    # a routing score in the fitted-together form, by hand (its fit is tested elsewhere): head
+    # k wins where unit 0 of its hidden state has sign (-1)^k, so route-learned uses both
+    d = target.model.config.hidden_size
+    write_routing_scores(paths, [RoutingScore("serve-test", NAMES, 0.0, 1.0,
+                                              ((-1.0) ** k * 5.0,) + (0.0,) * (d - 1))
+                                 for k in range(len(NAMES))])
     return paths
 
 
@@ -176,6 +185,15 @@ def test_plain_strategy_and_drafter_subset(client, target):
     assert single.choices[0].message.content == plain.choices[0].message.content  # lossless
     routes = single.usage.model_extra["routes"]  # "none": the guard's plain steps
     assert "chat-test" in routes and set(routes) <= {"chat-test", "none"}
+
+
+def test_learned_routing_per_request_equals_plain_decoding(client, target):
+    learned = chat(client, extra_body={"strategy": "route-learned"})
+    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
+    expected = generate_plain(target, prompt, SamplingParams(), 12).tokens
+    assert learned.choices[0].message.content == target.tokenizer.decode(
+        expected, skip_special_tokens=True)
+    assert set(learned.usage.model_extra["routes"]) <= {*NAMES, "none"}
 
 
 def test_best_config_of_plain_decoding_equals_plain_greedy(base_url, target):
