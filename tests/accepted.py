@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from taps_ray.decoding.engine import GenerationResult, generate_plain
+from taps_ray.decoding.router import RoutingScore
 from taps_ray.decoding.sampling import SamplingParams, logits_to_probs
 from taps_ray.decoding.target_runner import TargetRunner
 from taps_ray.models.drafter import EagleDrafter, untrained_drafter
@@ -229,3 +230,12 @@ def top_share_p_value(counts: torch.Tensor, law: torch.Tensor) -> float:
     z = float((observed - n * p).sum()) / var**0.5
     return float(torch.special.erfc(torch.tensor(abs(z) / 2**0.5, dtype=torch.float64)))
 
+
+def sign_routing_scores(names: Sequence[str], hidden_size: int, scale: float
+                        ) -> list[RoutingScore]:
+    """Routing scores in the fitted-together form, set by hand: head k scores
+    (-1)^k * scale * unit 0 of its hidden state (+ its log-confidence), so both heads win on
+    some steps. For tests where only losslessness matters; fitted scores: test_router.py."""
+    return [RoutingScore("by-hand", tuple(names), 0.0, 1.0,
+                         ((-1.0) ** k * scale,) + (0.0,) * (hidden_size - 1))
+            for k in range(len(names))]

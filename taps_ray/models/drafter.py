@@ -231,14 +231,14 @@ def load_drafter(path: str | Path, target: object) -> EagleDrafter:
     meta = _read_meta(path / META_FILE)
     config = _read_config(path, meta)
     check_compatible(config, meta, target, path)
-    _check_calibration_fits(meta, config.hidden_size, path)
+    _check_hidden_state_weights(meta, config.hidden_size, path)
     drafter = _build(path, config if meta.layout == EAGLE3 else target.model.config, meta)
     if meta.layout == EAGLE3:
         _check_aux_fits(drafter, target, path)
     return drafter.to(target.device, target.dtype).eval().requires_grad_(False)
 
 
-def _check_calibration_fits(meta: DrafterMeta, hidden_size: int, path: Path) -> None:
+def _check_hidden_state_weights(meta: DrafterMeta, hidden_size: int, path: Path) -> None:
     """A context calibration and a routing score read the head's hidden state: their weights
     must match it (found at load, not mid-routing)."""
     from taps_ray.decoding.calibration import calibration_of

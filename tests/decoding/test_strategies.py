@@ -20,7 +20,6 @@ from taps_ray.decoding.engine import SpeculativeEngine, generate_plain
 from taps_ray.decoding.prompt_lookup import PromptLookupDrafter
 from taps_ray.decoding.proposer import DrafterSession, draft_many
 from taps_ray.decoding.router import META_KEY as ROUTER_KEY
-from taps_ray.decoding.router import RoutingScore
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.decoding.strategies import make_strategy, strategy_names
 from taps_ray.decoding.tree import DraftTree, merge_trees
@@ -33,6 +32,7 @@ from tests.accepted import (
     one_layer_target,
     oracle_drafter,
     routes,
+    sign_routing_scores,
     top_share_p_value,
     transition_counts,
     transition_law,
@@ -99,15 +99,11 @@ def drafter_set(case: Case, target, noises: tuple[float, float]) -> list:
 
 
 def hidden_sign_router(*heads) -> None:
-    """Routing scores fitted-together in form, set by hand: head k wins where unit 0 of its
-    hidden state has sign (-1)^k, so both heads are verified on every prompt (the fitted
-    scores are tested in test_router.py; here only losslessness matters)."""
-    names = tuple(h.meta.name for h in heads)
-    d = heads[0].fc.weight.shape[0]
-    for k, head in enumerate(heads):
-        weights = ((-1.0) ** k * 20.0,) + (0.0,) * (d - 1)
-        head.meta.extra[ROUTER_KEY] = RoutingScore("by-hand", names, 0.0, 1.0,
-                                                   weights).to_dict()
+    """Hand-set routing scores on the heads (tests/accepted.py): both are verified on every
+    prompt."""
+    scores = sign_routing_scores([h.meta.name for h in heads], heads[0].fc.weight.shape[0], 20.0)
+    for head, score in zip(heads, scores, strict=True):
+        head.meta.extra[ROUTER_KEY] = score.to_dict()
 
 
 def policy_for(case: Case):

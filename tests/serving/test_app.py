@@ -27,10 +27,10 @@ from taps_ray.config.schema import TreeConfig
 from taps_ray.data.records import Message
 from taps_ray.data.render import render_prompt
 from taps_ray.decoding.engine import generate_plain
-from taps_ray.decoding.router import RoutingScore
 from taps_ray.decoding.sampling import SamplingParams
 from taps_ray.evaluation.routing_fit import write_routing_scores
 from taps_ray.models.drafter import save_drafter, untrained_drafter
+from tests.accepted import sign_routing_scores
 
 openai = pytest.importorskip("openai")
 
@@ -60,12 +60,8 @@ def drafter_dirs(target, tmp_path_factory):
         drafter = untrained_drafter(target, seed)
         meta = dataclasses.replace(drafter.meta, name=name)
         paths.append(str(save_drafter(drafter, root / name, meta)))
-    # a routing score in the fitted-together form, by hand (its fit is tested elsewhere): head
-    # k wins where unit 0 of its hidden state has sign (-1)^k, so route-learned uses both
-    d = target.model.config.hidden_size
-    write_routing_scores(paths, [RoutingScore("serve-test", NAMES, 0.0, 1.0,
-                                              ((-1.0) ** k * 5.0,) + (0.0,) * (d - 1))
-                                 for k in range(len(NAMES))])
+    # hand-set routing scores (tests/accepted.py), so route-learned can route between them
+    write_routing_scores(paths, sign_routing_scores(NAMES, target.model.config.hidden_size, 5.0))
     return paths
 
 
@@ -159,14 +155,19 @@ def test_models_and_healthz(client, base_url):
     assert post(f"{base_url}/healthz", b"", method="GET") == (200, {"status": "ok"})
 
 
+def plain_reply(target) -> tuple[list[int], list[int], str]:
+    """(prompt, tokens, text) of `chat`'s default request decoded plainly (greedy, 12 tokens)."""
+    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
+    tokens = generate_plain(target, prompt, SamplingParams(), 12).tokens
+    return prompt, tokens, target.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
 def test_chat_greedy_equals_plain_decoding(client, target):
     response = chat(client)  # the adaptive policy may cut trees or decode plainly: lossless
-    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
-    result = generate_plain(target, prompt, SamplingParams(), 12)  # the same request, plainly
-    expected = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
+    prompt, tokens, expected = plain_reply(target)  # the same request, plainly
     assert response.choices[0].message.content == expected
     usage, extra = response.usage, response.usage.model_extra
-    assert usage.completion_tokens == len(result.tokens) and usage.prompt_tokens == len(prompt)
+    assert usage.completion_tokens == len(tokens) and usage.prompt_tokens == len(prompt)
     assert extra["tau"] == round((usage.completion_tokens - 1) / extra["steps"], 4)
     assert extra["drafted"] >= extra["accepted"] >= 0
     assert 0 < extra["speculative_steps"] <= extra["steps"]
@@ -176,10 +177,7 @@ def test_chat_greedy_equals_plain_decoding(client, target):
 
 def test_plain_strategy_and_drafter_subset(client, target):
     plain = chat(client, extra_body={"strategy": "none"})
-    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
-    expected = generate_plain(target, prompt, SamplingParams(), 12).tokens
-    assert plain.choices[0].message.content == target.tokenizer.decode(
-        expected, skip_special_tokens=True)
+    assert plain.choices[0].message.content == plain_reply(target)[2]
     assert plain.usage.model_extra["drafted"] == 0
     single = chat(client, extra_body={"strategy": "single", "drafters": ["chat-test"]})
     assert single.choices[0].message.content == plain.choices[0].message.content  # lossless
@@ -189,10 +187,7 @@ def test_plain_strategy_and_drafter_subset(client, target):
 
 def test_learned_routing_per_request_equals_plain_decoding(client, target):
     learned = chat(client, extra_body={"strategy": "route-learned"})
-    prompt = render_prompt(target.tokenizer, (Message("user", QUESTION),))
-    expected = generate_plain(target, prompt, SamplingParams(), 12).tokens
-    assert learned.choices[0].message.content == target.tokenizer.decode(
-        expected, skip_special_tokens=True)
+    assert learned.choices[0].message.content == plain_reply(target)[2]
     assert set(learned.usage.model_extra["routes"]) <= {*NAMES, "none"}
 
 
