@@ -68,9 +68,10 @@ def loss_tokens(source) -> int:
 
 
 def train(target, source, method: str, size: int, epochs: int, folder: Path,
-          regen: dict = REGEN, **training):
+          regen: dict = REGEN, name: str = "", **training):
     """One head (resumed from its checkpoint when interrupted); returns its folder.
-    `training`: more TrainingConfig fields (e.g. holdout, patience)."""
+    `training`: more TrainingConfig fields (e.g. holdout, patience, lr, init_from); `name`: the
+    head's name (default <domain><size>-<method>)."""
     from taps_ray.config.schema import TrainingConfig
     from taps_ray.models.drafter import DrafterMeta, tokenizer_fingerprint
     from taps_ray.training.pipeline import draft_vocab_for
@@ -79,10 +80,10 @@ def train(target, source, method: str, size: int, epochs: int, folder: Path,
     drafter = folder / "drafter"
     if (drafter / "taps.json").is_file():
         return drafter
-    cfg = replace(TrainingConfig(), epochs=epochs, lr=5e-4, w_topk=1.0, **training)
+    cfg = replace(TrainingConfig(), **{"epochs": epochs, "lr": 5e-4, "w_topk": 1.0, **training})
     vocab = draft_vocab_for(target, source, 0, method)  # EAGLE-3: its own 8192-token head
     domain = regen["mixture"].partition("=")[0]
-    meta = DrafterMeta(name=f"{domain}{size}-{method}", target=str(target.name),
+    meta = DrafterMeta(name=name or f"{domain}{size}-{method}", target=str(target.name),
                        tokenizer_fingerprint=tokenizer_fingerprint(target.tokenizer),
                        data={"mixture": regen["mixture"], "total": regen["total"],
                              "seed": regen["seed"], "regenerated": regen,

@@ -11,6 +11,10 @@ keeping the best epoch (`training.holdout`, `training.patience`). Heads land in
 
     python benchmarks/selfdistill_specialists.py --domain chat --size 512 [--method hass]
         [--epochs 8] [--holdout 0.05] [--patience 1]
+
+`--init-from DRAFTER --name NAME [--lr 2.5e-4]` continues a finished head on the same data with
+a fresh warmup and cosine (`training.init_from`) when its validation loss was still falling;
+the head lands in `runs/selfdistill/NAME/drafter`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.05)
     parser.add_argument("--patience", type=int, default=1)
     parser.add_argument("--runs", default="runs/selfdistill")
+    parser.add_argument("--init-from", default="", help="a saved head to continue")
+    parser.add_argument("--name", default="", help="head and folder name (with --init-from)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     args = parser.parse_args()
     import torch
 
@@ -48,15 +55,18 @@ def main() -> None:
     torch.set_num_threads(2)
     regen = DOMAINS[args.domain]
     target = load_target("smollm2-135m-instruct")
+    if args.init_from and not args.name:
+        sys.exit("--init-from needs --name for the continued head (e.g. chat2400-hass-e4)")
     records = regenerated_prefix(target, args.size, regen)
     if len(records) < args.size:
         sys.exit(f"only {len(records)} regenerated {args.domain} answers are cached, {args.size} "
                  "needed; let the regeneration run longer or pass a smaller --size")
     start = time.time()
     source = features_for(target, records, args.size, args.method, regen)
-    folder = Path(args.runs) / f"{args.domain}-{args.method}-{args.size}"
+    folder = Path(args.runs) / (args.name or f"{args.domain}-{args.method}-{args.size}")
     drafter = train(target, source, args.method, args.size, args.epochs, folder, regen,
-                    holdout=args.holdout, patience=args.patience)
+                    name=args.name, holdout=args.holdout, patience=args.patience, lr=args.lr,
+                    init_from=args.init_from)
     training = json.loads((drafter / "taps.json").read_text())["extra"]["training"]
     losses = [round(r["val_loss"], 4) for r in training["epoch_metrics"] if "val_loss" in r]
     print(f"{drafter}: {training['epochs_done']} epochs, validation loss by epoch {losses}, "

@@ -98,6 +98,7 @@ class TrainingConfig:
     feature_dtype: Literal["fp32", "fp16"] = "fp16"  # storage type of cached target features
     holdout: float = 0.0  # share of conversations kept out of training for a validation loss
     patience: int = 0  # stop after this many epochs without a lower validation loss (0: never)
+    init_from: str = ""  # a saved drafter to start from (fresh LR schedule); "": random init
 
     def __post_init__(self) -> None:
         _positive("training.batch_size", self.batch_size)

@@ -103,9 +103,14 @@ class DrafterTrainer:
         self.indices, self.val_indices = holdout_split(self.indices, cfg.holdout, cfg.seed)
         per_epoch = batches_per_epoch(len(self.indices), cfg.batch_size)
         self.total_steps = min(cfg.max_steps or 10**18, cfg.epochs * per_epoch)
+        start = _saved_start(cfg.init_from, target, method, source) if cfg.init_from else None
+        if start is not None:  # its LM-head rows belong to its own draft vocabulary
+            draft_vocab = start.draft_vocab
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG left untouched
             torch.manual_seed(cfg.seed)
             self.drafter = _new_drafter(target, method, draft_vocab, meta, source)
+        if start is not None:
+            _load_start(self.drafter, start, cfg.init_from)
         self.drafter.to(self.device).train()
         self.embed = target.model.get_input_embeddings()
         self.head = _head_rows(self.drafter, target).detach().float()  # [V', d]
@@ -391,6 +396,9 @@ def check_recipe(cfg, method: str, target) -> None:
     if cfg.patience < 0 or (cfg.patience and not cfg.holdout):
         raise TapsError(f"training.patience {cfg.patience} needs a validation loss: set "
                         "training.holdout (e.g. 0.05), or patience 0 to run every epoch")
+    if cfg.init_from and not (Path(cfg.init_from) / "taps.json").is_file():
+        raise TapsError(f"training.init_from '{cfg.init_from}' is not a saved drafter (no "
+                        "taps.json); point it at a drafter folder such as runs/<name>/drafter")
     decoder_config(target.model.config)  # an unsupported target family fails here, clearly
 
 
@@ -421,6 +429,35 @@ def _new_drafter(target, method: str, draft_vocab, meta, source) -> Drafter:
     if method == "eagle3":
         return Eagle3Drafter(target.model.config, draft_vocab, tuple(source.aux_layers))
     return EagleDrafter(target.model.config, draft_vocab, _layout(meta))
+
+
+def _saved_start(folder: str, target, method: str, source) -> Drafter:
+    """training.init_from: the saved head a run starts from (same method, same aux layers)."""
+    from taps_ray.models.drafter import load_drafter
+
+    start = load_drafter(folder, target)
+    if start.meta.method != method:
+        raise TapsError(f"training.init_from '{folder}' is a {start.meta.method} head; train "
+                        f"drafter.method {start.meta.method} from it, or start {method} from "
+                        "scratch with init_from empty")
+    aux = tuple(getattr(start, "aux_layers", ()))
+    if method == "eagle3" and aux != tuple(source.aux_layers):
+        raise TapsError(f"training.init_from '{folder}' reads target layers {list(aux)} but the "
+                        f"features carry {list(source.aux_layers)}; build the features with "
+                        "the saved head's aux layers")
+    return start
+
+
+def _load_start(drafter: Drafter, start: Drafter, folder: str) -> None:
+    """Copy the saved head's weights into the new one (fresh optimizer and LR schedule)."""
+    ours, theirs = drafter.state_dict(), start.state_dict()
+    misfit = sorted(k for k in ours.keys() | theirs.keys()
+                    if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+    if misfit:
+        raise TapsError(f"training.init_from '{folder}' does not fit this run's head "
+                        f"({misfit[0]}: another drafter.layout or target); start from a head "
+                        "of the same layout and target, or leave init_from empty")
+    drafter.load_state_dict({k: v.to(ours[k].dtype) for k, v in theirs.items()})
 
 
 def _head_rows(drafter: Drafter, target) -> torch.Tensor:  # [V', d]

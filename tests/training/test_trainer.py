@@ -203,3 +203,54 @@ def test_bad_validation_settings_are_one_sentence(target, examples, tmp_path, ov
     with pytest.raises(TapsError, match=message):
         train_drafter(target, cache, fast_config(**overrides), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def first_losses(out_dir, n: int = 3) -> float:
+    return mean([r["loss"] for r in step_rows(out_dir)[:n]])
+
+
+@pytest.mark.parametrize("method", ["hass", "eagle3"])
+def test_init_from_continues_a_saved_head_with_a_fresh_schedule(target, examples, tmp_path,
+                                                                 method):
+    from taps_ray.models.eagle3 import default_aux_layers
+    from taps_ray.training.trainer import DrafterTrainer
+
+    aux = default_aux_layers(target.model.config.num_hidden_layers) if method == "eagle3" else ()
+    cache = build_cache(target, examples, tmp_path / "feats", aux_layers=aux)
+    vocab = build_draft_vocab(cache.token_arrays(), size=12, vocab_size=32, special_ids=[0])
+    first = train_drafter(target, cache, fast_config(max_steps=40), tmp_path / "first",
+                          method=method, draft_vocab=vocab, progress=False)
+    cfg = fast_config(max_steps=6, init_from=str(first.path))
+    # the caller's vocabulary is ignored: the saved head's LM-head rows belong to its own
+    trainer = DrafterTrainer(target, cache, cfg, method, tmp_path / "next", None, None)
+    assert trainer.drafter.draft_vocab.tolist() == vocab.tolist()
+    for name, value in first.drafter.state_dict().items():
+        assert torch.equal(value.to(trainer.drafter.state_dict()[name].dtype),
+                           trainer.drafter.state_dict()[name]), name
+    fresh = train_drafter(target, cache, fast_config(max_steps=6), tmp_path / "fresh",
+                          method=method, draft_vocab=vocab, progress=False)
+    warm = train_drafter(target, cache, cfg, tmp_path / "warm", method=method, progress=False)
+    ended = mean([r["loss"] for r in step_rows(tmp_path / "first")[-5:]])
+    assert first_losses(tmp_path / "warm") < 1.25 * ended < first_losses(tmp_path / "fresh")
+    lrs = [[r["lr"] for r in step_rows(tmp_path / run)] for run in ("warm", "fresh")]
+    assert lrs[0] == lrs[1]  # a fresh warmup and cosine, not the saved run's tail
+    assert warm.summary["config"]["init_from"] == str(first.path)  # traceable in taps.json
+    assert fresh.drafter.draft_vocab_size == warm.drafter.draft_vocab_size == 12
+
+
+def test_init_from_another_method_or_layout_is_one_sentence(target, examples, tmp_path):
+    from taps_ray.models.drafter import DrafterMeta
+
+    cache = build_cache(target, examples, tmp_path / "feats")
+    saved = train_drafter(target, cache, fast_config(max_steps=2), tmp_path / "saved",
+                          method="eagle2", progress=False).path
+    cfg = fast_config(max_steps=2, init_from=str(saved))
+    with pytest.raises(TapsError, match=r"init_from .* is a eagle2 head; train drafter.method"):
+        train_drafter(target, cache, cfg, tmp_path / "a", method="hass", progress=False)
+    with pytest.raises(TapsError, match=r"init_from .* does not fit this run's head"):
+        train_drafter(target, cache, cfg, tmp_path / "b", method="eagle2", progress=False,
+                      meta=DrafterMeta(layout="eagle"))
+    missing = fast_config(max_steps=2, init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(TapsError, match="nowhere.* is not a saved drafter"):
+        train_drafter(target, cache, missing, tmp_path / "c", method="eagle2", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
