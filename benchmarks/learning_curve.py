@@ -48,15 +48,19 @@ def regenerated_prefix(target, limit: int, regen: dict = REGEN) -> list:
     return done[:limit]
 
 
-def features_for(target, records: list, size: int, method: str, regen: dict = REGEN):
+def features_for(target, records: list, size: int, method: str, regen: dict = REGEN,
+                 category: str = ""):
     """The feature cache of the first `size` regenerated conversations (built once; with the
-    aux layers for EAGLE-3)."""
+    aux layers for EAGLE-3); `category`: only those of one sub-source (e.g. gsm8k)."""
     from taps_ray.training.examples import DataSpec, render_examples
     from taps_ray.training.features import FeatureCache, FeatureSpec
     from taps_ray.training.pipeline import method_aux_layers
 
-    examples, _ = render_examples(target.tokenizer, records[:size], regen["max_length"])
+    chosen = [r for r in records[:size] if not category or r.category == category]
+    examples, _ = render_examples(target.tokenizer, chosen, regen["max_length"])
     label = f"{regen['mixture']} regenerated, first {size} of {regen['total']}"
+    if category:
+        label += f", {category} only ({len(chosen)})"
     spec = DataSpec(label, size, regen["seed"], regen["max_length"], True, regen["max_new"],
                     regen.get("max_turns", 0))
     aux = method_aux_layers(target, method)

@@ -20,13 +20,19 @@ from taps_ray.models.drafter import read_meta
 
 BENCHES = ["mt_bench", "gsm8k", "math500", "svamp"]
 SETS = ("raw", "calibrated")
-FOLDERS = ("math-hass", "chat-hass")  # the heads' folder names under each --drafters folder
+
+
+def heads_in(folder: str) -> list[str]:
+    """The drafter folders (those with a taps.json) directly under a --drafters folder."""
+    return sorted(p.name for p in Path(folder).iterdir() if (p / "taps.json").is_file())
 
 
 def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
             chat: str = "chat-hass") -> dict:
-    """`math` / `chat`: the heads' drafter names in the rows (MT-Bench should go to `chat`,
-    the other benchmarks to `math`)."""
+    """`math` / `chat`: the heads' drafter names in the rows, comma-separated when the rows
+    route more than one pair (MT-Bench should go to a chat head, the other benchmarks to a math
+    head)."""
+    maths, chats = set(math.split(",")), set(chat.split(","))
     rows = load_inputs([rows_dir]).rows
     rows = rows[rows["temperature"] == 0.0]  # T = 0 replay (a folder may hold live T = 1 rows)
     taus = tau_table(rows)
@@ -36,22 +42,22 @@ def summary(rows_dir: str, drafters_dirs: list[str], math: str = "math-hass",
         out["tau"][label] = {b: round(float(taus.loc[label, b]), 4)
                              for b in [*BENCHES, "mean"] if b in taus.columns}
     for (label, bench), group in shares.groupby(["label", "benchmark"]):
-        home = group[group["drafter"] == (chat if bench == "mt_bench" else math)]
+        home = group[group["drafter"].isin(chats if bench == "mt_bench" else maths)]
         for key, col in (("step_share_to_home", "step_share"),
                          ("prompt_share_to_home", "prompt_share")):
-            value = float(home[col].iloc[0]) if len(home) else 0.0
+            value = float(home[col].sum()) if len(home) else 0.0
             out[key].setdefault(label, {})[bench] = round(value, 4)
-    out["mt_bench_by_category"] = by_category(rows, chat)
+    out["mt_bench_by_category"] = by_category(rows, chats)
     out["calibrations"] = {
         f"{folder}/{name}": read_meta(Path(folder) / name).extra.get("confidence_calibration", {})
-        for folder in drafters_dirs for name in FOLDERS
+        for folder in drafters_dirs for name in heads_in(folder)
     }
     for cal in out["calibrations"].values():  # the map itself lives in the drafter's taps.json
         for key in ("x", "y", "trust_weights"):
             cal.pop(key, None)
     out["routing_scores"] = {  # route-learned's joint fits (weights stay in taps.json)
         f"{folder}/{name}": {k: v for k, v in score.items() if k != "weights"}
-        for folder in drafters_dirs for name in FOLDERS
+        for folder in drafters_dirs for name in heads_in(folder)
         if (score := read_meta(Path(folder) / name).extra.get("routing_score"))}
     return out
 
@@ -60,10 +66,10 @@ def source_line(source: str) -> str:
     return f"Source: `{source}` (`python benchmarks/routing_calibration.py`)"
 
 
-def by_category(rows, chat: str) -> dict:
-    """Per routed label: the share of MT-Bench steps sent to `chat`, by the prompt's category
-    (MT-Bench holds math, reasoning and coding prompts where a chat head need not be the better
-    one) and over every category but math."""
+def by_category(rows, chats: set[str]) -> dict:
+    """Per routed label: the share of MT-Bench steps sent to a head of `chats`, by the prompt's
+    category (MT-Bench holds math, reasoning and coding prompts where a chat head need not be
+    the better one) and over every category but math."""
     from taps_ray.data.registry import load_records
 
     category = {r.id: r.category for r in load_records("mt_bench")}
@@ -76,7 +82,7 @@ def by_category(rows, chat: str) -> dict:
         for prompt_id, raw in zip(group["prompt_id"], group["route_counts"], strict=True):
             steps = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
             seen = counts.setdefault(category[prompt_id], [0, 0])
-            seen[0] += steps.get(chat, 0)
+            seen[0] += sum(steps.get(chat, 0) for chat in chats)
             seen[1] += sum(steps.values())
         not_math = [sum(v[i] for c, v in counts.items() if c != "math") for i in (0, 1)]
         out[label] = {"by_category": {c: {"steps": v[1], "to_chat": round(v[0] / v[1], 4)}
@@ -123,15 +129,19 @@ def main() -> None:
     parser.add_argument("--drafters", nargs="+",
                         default=["runs/calibrated", "runs/calibrated-isotonic"])
     parser.add_argument("--out", default="docs/results/routing-calibration/summary.json")
-    parser.add_argument("--math", default="math-hass", help="the math head's drafter name")
-    parser.add_argument("--chat", default="chat-hass", help="the chat head's drafter name")
+    parser.add_argument("--math", default="math-hass",
+                        help="the math heads' drafter names, comma-separated")
+    parser.add_argument("--chat", default="chat-hass",
+                        help="the chat heads' drafter names, comma-separated")
     args = parser.parse_args()
     s = summary(args.rows, args.drafters, args.math, args.chat)
     Path(args.out).write_text(json.dumps(s, indent=2) + "\n")
     print(table(s, args.out))
-    held = heldout_table(s, args.math, args.chat, args.out)
-    if held:
-        print("\n" + held)
+    for math in args.math.split(","):
+        for chat in args.chat.split(","):
+            held = heldout_table(s, math, chat, args.out)
+            if held:
+                print("\n" + held)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ keeping the best epoch (`training.holdout`, `training.patience`). Heads land in
 
 `--init-from DRAFTER --name NAME [--lr 2.5e-4]` continues a finished head on the same data with
 a fresh warmup and cosine (`training.init_from`) when its validation loss was still falling;
-the head lands in `runs/selfdistill/NAME/drafter`.
+the head lands in `runs/selfdistill/NAME/drafter`. `--category gsm8k` keeps only the
+regenerated questions of one MathInstruct sub-source (a task specialist, e.g. GSM8K train).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--init-from", default="", help="a saved head to continue")
     parser.add_argument("--name", default="", help="head and folder name (with --init-from)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    parser.add_argument("--category", default="", help="one sub-source only, e.g. gsm8k")
     args = parser.parse_args()
     import torch
 
@@ -62,7 +64,7 @@ def main() -> None:
         sys.exit(f"only {len(records)} regenerated {args.domain} answers are cached, {args.size} "
                  "needed; let the regeneration run longer or pass a smaller --size")
     start = time.time()
-    source = features_for(target, records, args.size, args.method, regen)
+    source = features_for(target, records, args.size, args.method, regen, args.category)
     folder = Path(args.runs) / (args.name or f"{args.domain}-{args.method}-{args.size}")
     drafter = train(target, source, args.method, args.size, args.epochs, folder, regen,
                     name=args.name, holdout=args.holdout, patience=args.patience, lr=args.lr,
