@@ -48,19 +48,43 @@ def regenerated_prefix(target, limit: int, regen: dict = REGEN) -> list:
     return done[:limit]
 
 
+def category_draw(regen: dict, category: str, after: int) -> tuple[list, dict]:
+    """The records of one sub-source (e.g. gsm8k) in the regeneration run `regen`'s draw after
+    its first `after` records (those the run itself answers first), and the cache key of their
+    own regeneration run."""
+    from taps_ray.training.examples import DataSpec
+
+    spec = DataSpec.from_config(regen_config(regen))
+    records, _ = spec.draw()
+    chosen = [r for r in records[after:] if r.category == category]
+    return chosen, {**spec.as_dict(), "category": category, "after": after}
+
+
+def category_prefix(target, regen: dict, category: str, after: int) -> list:
+    """The answered records of the `category` run after `after` (finished shards only)."""
+    from taps_ray.training.regenerate import cached_prefix
+
+    chosen, key = category_draw(regen, category, after)
+    return cached_prefix(target, chosen, key, regen["max_new"])
+
+
 def features_for(target, records: list, size: int, method: str, regen: dict = REGEN,
-                 category: str = ""):
+                 category: str = "", extra: list | None = None):
     """The feature cache of the first `size` regenerated conversations (built once; with the
-    aux layers for EAGLE-3); `category`: only those of one sub-source (e.g. gsm8k)."""
+    aux layers for EAGLE-3); `category`: only those of one sub-source (e.g. gsm8k); `extra`:
+    more regenerated records of that sub-source from later in the draw (`category_prefix`)."""
     from taps_ray.training.examples import DataSpec, render_examples
     from taps_ray.training.features import FeatureCache, FeatureSpec
     from taps_ray.training.pipeline import method_aux_layers
 
     chosen = [r for r in records[:size] if not category or r.category == category]
-    examples, _ = render_examples(target.tokenizer, chosen, regen["max_length"])
     label = f"{regen['mixture']} regenerated, first {size} of {regen['total']}"
     if category:
         label += f", {category} only ({len(chosen)})"
+    if extra:
+        chosen += extra
+        label += f" + the next {len(extra)} {category} questions of the draw"
+    examples, _ = render_examples(target.tokenizer, chosen, regen["max_length"])
     spec = DataSpec(label, size, regen["seed"], regen["max_length"], True, regen["max_new"],
                     regen.get("max_turns", 0))
     aux = method_aux_layers(target, method)

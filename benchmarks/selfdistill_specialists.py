@@ -27,7 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import REGEN, features_for, regenerated_prefix, train  # noqa: E402
+from learning_curve import (  # noqa: E402
+    REGEN,
+    category_prefix,
+    features_for,
+    regenerated_prefix,
+    train,
+)
 
 DOMAINS = {
     "math": REGEN,
@@ -49,6 +55,9 @@ def main() -> None:
     parser.add_argument("--name", default="", help="head and folder name (with --init-from)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     parser.add_argument("--category", default="", help="one sub-source only, e.g. gsm8k")
+    parser.add_argument("--extra-after", type=int, default=-1,
+                        help="with --category: add that sub-source's answers regenerated after "
+                             "this many records (selfdistill_regen.py --category --after)")
     args = parser.parse_args()
     import torch
 
@@ -64,7 +73,9 @@ def main() -> None:
         sys.exit(f"only {len(records)} regenerated {args.domain} answers are cached, {args.size} "
                  "needed; let the regeneration run longer or pass a smaller --size")
     start = time.time()
-    source = features_for(target, records, args.size, args.method, regen, args.category)
+    extra = category_prefix(target, regen, args.category, args.extra_after) \
+        if args.category and args.extra_after >= 0 else None
+    source = features_for(target, records, args.size, args.method, regen, args.category, extra)
     folder = Path(args.runs) / (args.name or f"{args.domain}-{args.method}-{args.size}")
     drafter = train(target, source, args.method, args.size, args.epochs, folder, regen,
                     name=args.name, holdout=args.holdout, patience=args.patience, lr=args.lr,

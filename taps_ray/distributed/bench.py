@@ -26,12 +26,11 @@ from taps_ray.errors import TapsError
 from taps_ray.evaluation.bench import (
     BenchUnit,
     load_drafter_set,
-    plan_units,
     run_id_for,
     run_unit,
+    unfinished_units,
     write_unit,
 )
-from taps_ray.evaluation.results import result_exists
 
 MAX_RESTARTS = 3  # per worker: Ray restarts a dead worker this often before it is dropped
 MAX_ATTEMPTS = 3  # per unit: a unit that kills this many workers is an error, not bad luck
@@ -93,7 +92,7 @@ def run_units(cfg: BenchConfig, run_id: str, workers: int = 0, progress: bool = 
     per worker on a GPU cluster, else one CPU); `workers` 0: one per such slot."""
     from tqdm import tqdm
 
-    units = deque(u for u in plan_units(cfg) if not result_exists(cfg.results_dir, run_id, u.key))
+    units = deque(unfinished_units(cfg, run_id))
     summary = PoolSummary()
     if not units:
         return summary

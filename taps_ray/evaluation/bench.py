@@ -28,6 +28,7 @@ from taps_ray.errors import TapsError
 from taps_ray.evaluation.results import ResultRow, route_counts_json, write_table
 from taps_ray.evaluation.runner import Candidate
 
+SET_KEY = "taps_drafter_set"  # a unit file's metadata: the set's entries when it was written
 _LABEL = re.compile(r"^(?P<name>[a-z-]+)(?:/(?P<mode>[a-z]+))?(?:@(?P<w>[0-9.]+))?$")
 
 
@@ -140,7 +141,28 @@ def write_unit(cfg: BenchConfig, unit: BenchUnit, run_id: str, rows: list[Result
         write_table(pa.Table.from_pylist(diagnostics), cfg.results_dir, run_id,
                     f"diagnostics-{unit.key}", exact_name=True)
     table = pa.Table.from_pylist([asdict(r) for r in rows])
-    return write_table(table, cfg.results_dir, run_id, unit.key, exact_name=True)
+    return write_table(table, cfg.results_dir, run_id, unit.key, exact_name=True,
+                       metadata={SET_KEY: json.dumps(cfg.drafter_sets[unit.drafter_set])})
+
+
+def unfinished_units(cfg: BenchConfig, run_id: str) -> list[BenchUnit]:
+    """The units of `cfg` still to run. A finished unit whose drafter set has changed since its
+    rows were written is an error, not skipped: its rows would be reported as the new set's."""
+    from taps_ray.evaluation.results import result_exists, result_metadata
+
+    todo = []
+    for unit in plan_units(cfg):
+        if not result_exists(cfg.results_dir, run_id, unit.key):
+            todo.append(unit)
+            continue
+        written = result_metadata(cfg.results_dir, run_id, unit.key).get(SET_KEY)
+        now = list(cfg.drafter_sets[unit.drafter_set])
+        if written is not None and json.loads(written) != now:
+            raise TapsError(
+                f"drafter set '{unit.drafter_set}' of run '{run_id}' was {json.loads(written)} "
+                f"when its rows were written and is {now} now; give the changed set a new name "
+                "(or the run a new run_id) so both sets' rows stay true")
+    return todo
 
 
 def load_drafter_set(cfg, name: str, target) -> dict:
@@ -163,10 +185,8 @@ def run_bench(cfg: BenchConfig, load_drafters: Callable[[str], dict], target,
     """Run every unfinished unit in process; returns (run_id, rows written)."""
     from tqdm import tqdm
 
-    from taps_ray.evaluation.results import result_exists
-
     run_id = run_id_for(cfg)
-    units = [u for u in plan_units(cfg) if not result_exists(cfg.results_dir, run_id, u.key)]
+    units = unfinished_units(cfg, run_id)
     written, loaded = 0, {}
     for unit in tqdm(units, desc="bench units", unit="unit", disable=not progress):
         if unit.drafter_set not in loaded:

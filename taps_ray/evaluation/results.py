@@ -96,8 +96,11 @@ def write_rows(rows: list[ResultRow], storage: str, run_id: str, writer: str = "
 
 
 def write_table(table: pa.Table, storage: str, run_id: str, writer: str,
-                exact_name: bool = False) -> str:
-    """Atomically write one Parquet file under `<storage>/<run_id>/` (temp name + rename)."""
+                exact_name: bool = False, metadata: dict[str, str] | None = None) -> str:
+    """Atomically write one Parquet file under `<storage>/<run_id>/` (temp name + rename);
+    `metadata` goes into the file's schema (read back by `result_metadata`)."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
     folder = f"{root.rstrip('/')}/{run_id}"
     filesystem.create_dir(folder, recursive=True)
@@ -113,6 +116,14 @@ def result_exists(storage: str, run_id: str, writer: str) -> bool:
     filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
     path = f"{root.rstrip('/')}/{run_id}/{writer}.parquet"
     return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def result_metadata(storage: str, run_id: str, writer: str) -> dict[str, str]:
+    """The schema metadata of an exact-named result file (empty for files written without)."""
+    filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
+    path = f"{root.rstrip('/')}/{run_id}/{writer}.parquet"
+    meta = pq.read_schema(path, filesystem=filesystem).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
 
 
 def read_rows(paths: list[str]):

@@ -55,7 +55,7 @@ def test_bench_cli_writes_exact_rows_and_resumes(tmp_path, capsys):
     args = ["bench", "experiments/bench_smoke.yaml", f"results_dir={out}",
             "benchmarks=[gsm8k]", "max_new_tokens=6", "replay_prompts_per_benchmark=2",
             "live_prompts_per_benchmark=1", "live_temperatures=[1.0]",
-            "strategies=[single,merged/matched,route-confidence/prompt]", "--json"]
+            "strategies=[single,merged/matched,route-confidence/prompt]", "run_id=smoke", "--json"]
     assert main(args) == 0
     tables = json.loads(capsys.readouterr().out)
     assert set(tables) == {"T=0 replay", "T=1 live"}
@@ -71,6 +71,12 @@ def test_bench_cli_writes_exact_rows_and_resumes(tmp_path, capsys):
     assert sorted(p.name for p in out.rglob("*.parquet")) == files
     assert len(read_rows([str(out)])) == len(rows)
     capsys.readouterr()
+    # the named run again with another drafter set under the old name: refused, nothing written
+    assert main([*args, "drafter_sets={untrained: [untrained]}", "strategies=[single]"]) != 0
+    err = capsys.readouterr().err
+    assert "drafter set 'untrained' of run" in err and "was ['untrained', 'untrained'] when " \
+        "its rows were written and is ['untrained'] now" in err
+    assert len(read_rows([str(out)])) == len(rows)
     # with this machine's cost profile the replay rows are ranked by predicted tokens/s
     assert main([*args, "--profile", str(hand_profile(tmp_path, ["untrained0-eagle2",
                                                                  "untrained1-eagle2"]))]) == 0
