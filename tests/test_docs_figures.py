@@ -145,7 +145,8 @@ DOC_READERS = {"docs/results/replay-equals-live.json": replay_equals_live,  # ta
                    calibration_study,
                "docs/results/routing-calibration/summary.json": routing_summary,
                "docs/results/study-selfdistill/routing-summary.json": routing_summary,
-               "docs/results/study-selfdistill/routing-summary-chat2400.json": routing_summary}
+               "docs/results/study-selfdistill/routing-summary-chat2400.json": routing_summary,
+               "docs/results/study-selfdistill/routing-summary-gsm8k.json": routing_summary}
 READERS = {"docs/results/quickstart-default/report/tables.csv": tau_csv,
            "docs/bench/speed-choice.json": speed_choice, **DOC_READERS}
 
