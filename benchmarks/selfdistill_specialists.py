@@ -59,6 +59,8 @@ def main() -> None:
                         help="with --category: add that sub-source's answers regenerated after "
                              "this many records (selfdistill_regen.py --category --after)")
     args = parser.parse_args()
+    if args.init_from and not args.name:
+        sys.exit("--init-from needs --name for the continued head (e.g. chat2400-hass-e4)")
     import torch
 
     from taps_ray.models.target import load_target
@@ -66,8 +68,6 @@ def main() -> None:
     torch.set_num_threads(2)
     regen = DOMAINS[args.domain]
     target = load_target("smollm2-135m-instruct")
-    if args.init_from and not args.name:
-        sys.exit("--init-from needs --name for the continued head (e.g. chat2400-hass-e4)")
     records = regenerated_prefix(target, args.size, regen)
     if len(records) < args.size:
         sys.exit(f"only {len(records)} regenerated {args.domain} answers are cached, {args.size} "

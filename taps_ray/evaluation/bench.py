@@ -155,11 +155,12 @@ def unfinished_units(cfg: BenchConfig, run_id: str) -> list[BenchUnit]:
         if not result_exists(cfg.results_dir, run_id, unit.key):
             todo.append(unit)
             continue
-        written = result_metadata(cfg.results_dir, run_id, unit.key).get(SET_KEY)
+        recorded = result_metadata(cfg.results_dir, run_id, unit.key).get(SET_KEY)
+        written = None if recorded is None else json.loads(recorded)  # None: an older file
         now = list(cfg.drafter_sets[unit.drafter_set])
-        if written is not None and json.loads(written) != now:
+        if written is not None and written != now:
             raise TapsError(
-                f"drafter set '{unit.drafter_set}' of run '{run_id}' was {json.loads(written)} "
+                f"drafter set '{unit.drafter_set}' of run '{run_id}' was {written} "
                 f"when its rows were written and is {now} now; give the changed set a new name "
                 "(or the run a new run_id) so both sets' rows stay true")
     return todo

@@ -111,17 +111,21 @@ def write_table(table: pa.Table, storage: str, run_id: str, writer: str,
     return final
 
 
+def _exact_file(storage: str, run_id: str, writer: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of the exact-named result file `writer` of `run_id`."""
+    filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
+    return filesystem, f"{root.rstrip('/')}/{run_id}/{writer}.parquet"
+
+
 def result_exists(storage: str, run_id: str, writer: str) -> bool:
     """Whether an exact-named result file is already written (a finished work unit)."""
-    filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
-    path = f"{root.rstrip('/')}/{run_id}/{writer}.parquet"
+    filesystem, path = _exact_file(storage, run_id, writer)
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
 def result_metadata(storage: str, run_id: str, writer: str) -> dict[str, str]:
     """The schema metadata of an exact-named result file (empty for files written without)."""
-    filesystem, root = pafs.FileSystem.from_uri(_as_uri(storage))
-    path = f"{root.rstrip('/')}/{run_id}/{writer}.parquet"
+    filesystem, path = _exact_file(storage, run_id, writer)
     meta = pq.read_schema(path, filesystem=filesystem).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
 
